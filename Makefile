@@ -1,0 +1,36 @@
+# retrodb: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO_DB ?= demo-db
+CORPUS_CACHE ?= .cache/corpus
+
+.PHONY: install test demo corpus bench clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned to the CPU wheel, when none is importable: a bare torch
+# requirement would otherwise pull a multi-GB CUDA build. GPU users bring their own.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# The example corpus: the Python 3.11 documentation sources (PSF licence) from Debian's
+# python3.11-doc, unpacked without root. Falls back to the committed slice offline.
+corpus:
+	sh examples/fetch_corpus.sh $(CORPUS_CACHE)
+
+demo: install corpus
+	PATH="$(abspath $(BIN)):$$PATH" sh examples/demo.sh $(DEMO_DB) "$$(cat $(CORPUS_CACHE)/PATH)"
+
+bench: install corpus
+	$(BIN)/python benchmarks/bench_chunk.py --corpus "$$(cat $(CORPUS_CACHE)/PATH)"
+
+clean:
+	rm -rf $(DEMO_DB) .pytest_cache

@@ -1,0 +1,46 @@
+"""`retrodb info`: what a database holds, per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import human_bytes, human_count, out, print_json, user_errors
+
+
+@user_errors
+def info_cli(
+    db: Path = typer.Argument(..., help="Database directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Show shards, rows, tokens and bytes on disk for every stage of a database.
+
+    Example: retrodb info mydb --json
+    """
+    from rich.table import Table
+
+    from retrodb.info import db_info
+
+    info = db_info(db)
+    if json_out:
+        print_json(info)
+        return
+    out.print(f"[bold]{info['path']}[/]  tokenizer {info['tokenizer']} · chunk size "
+              f"{info['chunk_size']} · tokens {info['token_dtype']}", highlight=False)
+    table = Table("stage", "shards", "rows", "tokens", "on disk", "notes")
+    for name, s in info["stages"].items():
+        notes = []
+        if s.get("interrupted"):
+            notes.append("interrupted run: rerun chunk to finish")
+        for key, label in (("empty_docs", "empty docs skipped"),
+                           ("decode_errors", "bytes replaced"),
+                           ("bad_lines", "bad lines skipped")):
+            if s.get(key):
+                notes.append(f"{s[key]} {label}")
+        if "inputs" in s:
+            notes.insert(0, f"{s['inputs']} inputs")
+        table.add_row(name, str(s["shards"]), human_count(s["rows"]),
+                      human_count(s["tokens"]) if "tokens" in s else "",
+                      human_bytes(s["bytes"]), ", ".join(notes))
+    out.print(table)

@@ -1,0 +1,595 @@
+"""The chunk stage: corpora → tokenised, fixed-size chunks in Parquet shards.
+
+Why this stage is shaped differently from the others: chunk and document ids must be
+dense, global and stable whatever the number of workers. So this process reads the
+inputs in a fixed order and cuts documents into text segments; a pool of workers
+tokenises segments (the expensive part, in parallel, at most a few batches in flight);
+and this process, taking the results back in order, assigns ids and writes shards of
+exactly `shard_size` chunks. The output is therefore byte-identical for any `--workers`.
+
+Resume: every shard commit records a cursor (input, document, chunks of that document
+already written). A rerun re-reads that input up to the cursor without tokenising it,
+re-tokenises the one partly written document and drops the chunks already stored.
+
+Text: a chunk's `text` is the source text from its first token's start offset (the
+document's start for the first chunk) to the next chunk's first token's start (the
+document's end for the last chunk). Concatenating a document's chunk texts gives back
+the decoded document exactly, including whitespace and characters the tokenizer drops.
+
+Segments: documents are tokenised in segments of about `segment_chars` characters, cut
+at the start of a whitespace run. For tokenizers whose pre-tokenizer splits on
+whitespace (BERT WordPiece, byte-level BPE) this gives the same tokens as the whole
+document; a run of more than `segment_chars` characters without whitespace is cut hard.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .db import Database
+from .errors import RetrodbError
+from .executor import local_executor
+from .readers import DOC_END, DocStart, InputFile, Reader, ReaderOptions, discover_inputs
+from .runner import Manifest, file_record, shard_name, stage_lock
+from .storage import publish, tmp_path_for
+from .tokenizer import TokenizerSpec, resolve_tokenizer
+
+DEFAULT_CHUNK_SIZE = 64
+# ~160 B per 64-token chunk on disk (zstd tokens + text), measured on the Python docs:
+# 1M chunks ≈ 160 MB, and its float16 384-d embedding shard ≈ 768 MB.
+DEFAULT_SHARD_SIZE = 1_000_000
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """Options of `retrodb chunk`; each field names its flag."""
+
+    chunk_size: int | None = None  # --chunk-size: tokens per chunk (paper: 64); None = DB's
+    shard_size: int = DEFAULT_SHARD_SIZE  # --shard-size: chunks per shard (~160 MB)
+    workers: int = 1  # --workers: tokenizer processes
+    tokenizer: str | None = None  # --tokenizer: None = the DB's, or the default embedder's
+    reader: ReaderOptions = field(default_factory=ReaderOptions)
+    # Tokeniser batch: ~256k characters per work item keeps the Rust batch busy while
+    # bounding memory (2 × workers items in flight).
+    item_chars: int = 1 << 18
+    segment_chars: int = 1 << 14  # cut long documents into ~16k-character segments
+    row_group_rows: int = 1 << 16  # Parquet row group: unit of streaming reads later
+
+    def validate(self) -> None:
+        if self.chunk_size is not None and self.chunk_size <= 0:
+            raise RetrodbError(f"--chunk-size {self.chunk_size}: must be a positive "
+                               "number of tokens (the paper uses 64)")
+        if self.shard_size <= 0:
+            raise RetrodbError(f"--shard-size {self.shard_size}: must be positive")
+        if self.workers <= 0:
+            raise RetrodbError(f"--workers {self.workers}: must be at least 1")
+        if self.reader.errors not in ("strict", "replace"):
+            raise RetrodbError(f"--errors {self.reader.errors}: use strict or replace")
+        if self.reader.doc_separator == "":
+            raise RetrodbError("--doc-separator: must not be empty")
+
+
+@dataclass
+class Progress:
+    """What the progress callback sees (cumulative for this run)."""
+
+    bytes_done: int = 0
+    bytes_total: int = 0
+    docs: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    shards: int = 0
+
+
+@dataclass
+class ChunkResult:
+    inputs: int = 0  # inputs chunked in this run
+    inputs_skipped: int = 0  # inputs already in the database
+    shards: list[str] = field(default_factory=list)
+    docs: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    empty_docs: int = 0
+    decode_errors: int = 0
+    bad_lines: int = 0
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Tokenisation (runs in worker processes)
+
+_TOKENIZER = None
+
+
+def _init_worker(tokenizer_json: str, parallel: bool) -> None:
+    global _TOKENIZER
+    if not parallel:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _TOKENIZER = TokenizerSpec("", tokenizer_json).load()
+
+
+def tokenize_segments(segments: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids, start offsets (characters into each segment) and counts per segment."""
+    encs = _TOKENIZER.encode_batch(segments, add_special_tokens=False)
+    counts = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    total = int(counts.sum())
+    ids = np.fromiter((i for e in encs for i in e.ids), dtype=np.uint32, count=total)
+    starts = np.fromiter((o[0] for e in encs for o in e.offsets), dtype=np.int64,
+                         count=total)
+    return ids, starts, counts
+
+
+# --------------------------------------------------------------------------------------
+# Reading: documents → work items of text segments
+
+SEG, END, INPUT_DONE = 0, 1, 2
+
+
+class DocState:
+    """A document being assembled into chunks."""
+
+    __slots__ = ("input", "index", "position", "doc_id", "first_chunk_id", "skip",
+                 "empty_before", "ids", "starts", "texts", "text_base", "chars",
+                 "n_chunks", "n_tokens", "n_bytes", "finished")
+
+    def __init__(self, inp: "InputState", index: int, position: int):
+        self.input = inp
+        self.index = index  # document number within its input (empty ones included)
+        self.position = position  # line (text/jsonl) or row (parquet)
+        self.doc_id = -1  # assigned at the first chunk: empty documents get no id
+        self.first_chunk_id = -1
+        self.skip = 0  # chunks already stored by an interrupted run
+        self.empty_before = inp.empty_docs
+        self.ids: list[np.ndarray] = []
+        self.starts: list[np.ndarray] = []
+        self.texts: list[str] = []
+        self.text_base = 0  # document offset of texts[0][0]
+        self.chars = 0  # characters seen so far
+        self.n_chunks = self.n_tokens = self.n_bytes = 0
+        self.finished = False
+
+
+@dataclass
+class InputState:
+    file: InputFile
+    reader: Reader
+    docs: int = 0
+    empty_docs: int = 0
+
+    def record(self) -> dict:
+        return {"path": self.file.key, "bytes": self.file.size, "format": self.file.format,
+                "docs": self.docs, "empty_docs": self.empty_docs,
+                "decode_errors": self.reader.stats.decode_errors,
+                "bad_lines": self.reader.stats.bad_lines}
+
+
+@dataclass
+class WorkItem:
+    entries: list[tuple]  # (SEG, doc, text) | (END, doc, None) | (INPUT_DONE, input, None)
+    segments: list[str]
+
+
+def _cut(text: str) -> int:
+    """Where to cut a long text: the start of its last whitespace run (0 if none)."""
+    i = text.rfind("\n")
+    if i < len(text) // 4:
+        i = max(i, text.rfind(" "))
+    if i <= 0:
+        return 0
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    return i
+
+
+def work_items(inputs: list[InputState], cursor: dict | None, cfg: ChunkConfig
+               ) -> Iterator[WorkItem]:
+    """Stream every input's documents as segments, grouped into work items."""
+    entries: list[tuple] = []
+    segments: list[str] = []
+    size = 0
+
+    def flush() -> Iterator[WorkItem]:
+        nonlocal entries, segments, size
+        if entries:
+            yield WorkItem(entries, segments)
+            entries, segments, size = [], [], 0
+
+    for inp in inputs:
+        resume = cursor if cursor and cursor["path"] == inp.file.key else None
+        if resume:
+            inp.empty_docs = resume["empty_before"]
+        doc: DocState | None = None
+        buf: list[str] = []
+        buf_len = 0
+        index = -1
+        skipping = False
+        for ev in inp.reader.events():
+            if isinstance(ev, DocStart):
+                index += 1
+                skipping = False
+                if resume and (index < resume["doc_index"] or
+                               (index == resume["doc_index"] and resume["complete"])):
+                    skipping = True  # stored by the interrupted run
+                    continue
+                doc = DocState(inp, index, ev.position)
+                if resume and index == resume["doc_index"]:
+                    doc.skip = resume["chunks_written"]
+                    doc.doc_id = resume["doc_id"]
+                    doc.first_chunk_id = resume["first_chunk_id"]
+                    doc.empty_before = resume["empty_before"]
+                buf, buf_len = [], 0
+            elif skipping:
+                continue
+            elif ev is DOC_END:
+                if buf:
+                    text = "".join(buf)
+                    entries.append((SEG, doc, text))
+                    segments.append(text)
+                    size += len(text)
+                entries.append((END, doc, None))
+                doc = None
+                if size >= cfg.item_chars:
+                    yield from flush()
+            else:  # a text piece
+                buf.append(ev)
+                buf_len += len(ev)
+                while buf_len >= cfg.segment_chars:
+                    text = "".join(buf)
+                    cut = _cut(text[: max(cfg.segment_chars * 2, 1)]) or len(text)
+                    head, rest = text[:cut], text[cut:]
+                    entries.append((SEG, doc, head))
+                    segments.append(head)
+                    size += len(head)
+                    buf, buf_len = ([rest], len(rest)) if rest else ([], 0)
+                    if size >= cfg.item_chars:
+                        yield from flush()
+        entries.append((INPUT_DONE, inp, None))
+    yield from flush()
+
+
+# --------------------------------------------------------------------------------------
+# Writing: chunks → shards
+
+
+class ShardWriter:
+    """Buffers chunk rows into row groups and commits shards of `shard_size` rows."""
+
+    def __init__(self, db: Database, manifest: Manifest, cfg: ChunkConfig, chunk_size: int,
+                 token_dtype: str, progress: Progress):
+        import pyarrow as pa
+
+        self.pa = pa
+        self.db = db
+        self.manifest = manifest
+        self.cfg = cfg
+        self.chunk_size = chunk_size
+        self.dtype = np.dtype(token_dtype)
+        self.schema = pa.schema([
+            ("chunk_id", pa.int64()), ("doc_id", pa.int64()), ("pos", pa.int32()),
+            ("tokens", pa.list_(pa.from_numpy_dtype(self.dtype), chunk_size)),
+            ("length", pa.int32()), ("text", pa.string()),
+        ])
+        self.docs_schema = pa.schema([
+            ("doc_id", pa.int64()), ("source", pa.dictionary(pa.int32(), pa.string())),
+            ("position", pa.int64()), ("first_chunk_id", pa.int64()),
+            ("n_chunks", pa.int64()), ("n_tokens", pa.int64()), ("n_bytes", pa.int64()),
+        ])
+        self.row_group = min(cfg.row_group_rows, cfg.shard_size)
+        self.progress = progress
+        self.shard = manifest.next_shard
+        self.first_id = manifest.next_id
+        self.rows = 0  # rows in the open shard
+        self.tokens = 0  # real tokens in the open shard
+        self.pending: list = []  # tables not yet written as a row group
+        self.pending_rows = 0
+        self.writer = None
+        self.docs: list[tuple] = []
+        self.sources: set[str] = set()
+        self.inputs_done: list[dict] = []
+        self.last: tuple[DocState, int] | None = None  # (doc, pos) of the last row
+        self.committed: list[str] = []
+
+    # rows -----------------------------------------------------------------------------
+    def add(self, doc: DocState, pos: np.ndarray, tokens: np.ndarray, length: np.ndarray,
+            text: list[str]) -> None:
+        """Append rows of one document (positions `pos`) to the open shard(s)."""
+        n = len(pos)
+        i = 0
+        while i < n:
+            if self.rows == self.cfg.shard_size:
+                self.commit()
+            take = min(n - i, self.cfg.shard_size - self.rows)
+            p = pos[i:i + take]
+            table = self.pa.Table.from_arrays([
+                self.pa.array(doc.first_chunk_id + p, self.pa.int64()),
+                self.pa.array(np.full(take, doc.doc_id), self.pa.int64()),
+                self.pa.array(p, self.pa.int32()),
+                self.pa.FixedSizeListArray.from_arrays(
+                    self.pa.array(tokens[i:i + take].astype(self.dtype).ravel()),
+                    self.chunk_size),
+                self.pa.array(length[i:i + take], self.pa.int32()),
+                self.pa.array(text[i:i + take], self.pa.string()),
+            ], schema=self.schema)
+            self.pending.append(table)
+            self.pending_rows += take
+            self.rows += take
+            self.tokens += int(length[i:i + take].sum())
+            self.sources.add(doc.input.file.key)
+            self.last = (doc, int(p[-1]))
+            i += take
+            while self.pending_rows >= self.row_group:
+                self._write_row_group(self.row_group)
+
+    def add_doc(self, doc: DocState) -> None:
+        self.docs.append((doc.doc_id, doc.input.file.key, doc.position, doc.first_chunk_id,
+                          doc.n_chunks, doc.n_tokens, doc.n_bytes))
+
+    def input_done(self, record: dict) -> None:
+        self.inputs_done.append(record)
+
+    def _write_row_group(self, n: int) -> None:
+        import pyarrow.parquet as pq
+
+        table = self.pa.concat_tables(self.pending)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(
+                tmp_path_for(self._path()), self.schema, compression="zstd",
+                compression_level=3, use_dictionary=["doc_id"], write_statistics=["chunk_id", "doc_id"])
+        self.writer.write_table(table.slice(0, n), row_group_size=n)
+        rest = table.slice(n)
+        self.pending = [rest] if rest.num_rows else []
+        self.pending_rows = rest.num_rows
+
+    def _path(self) -> Path:
+        return self.db.chunks_dir / shard_name(self.shard, ".parquet")
+
+    # commits --------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Publish the open shard and its documents, then record it with the cursor."""
+        import pyarrow.parquet as pq
+
+        if self.pending_rows:
+            self._write_row_group(self.pending_rows)
+        self.writer.close()
+        self.writer = None
+        path = self._path()
+        publish(tmp_path_for(path), path)
+        docs_path = self.db.docs_dir / shard_name(self.shard, ".parquet")
+        docs_path.parent.mkdir(parents=True, exist_ok=True)
+        cols = list(zip(*self.docs)) if self.docs else [[] for _ in range(7)]
+        table = self.pa.Table.from_arrays(
+            [self.pa.array(cols[0], self.pa.int64()),
+             self.pa.array(cols[1], self.pa.string()).dictionary_encode().cast(
+                 self.docs_schema.field("source").type)]
+            + [self.pa.array(c, self.pa.int64()) for c in cols[2:]], schema=self.docs_schema)
+        tmp = tmp_path_for(docs_path)
+        pq.write_table(table, tmp, compression="zstd")
+        publish(tmp, docs_path)
+
+        doc, pos = self.last
+        entry = {"shard": self.shard, **file_record(path, path.name),
+                 "rows": self.rows, "first_id": self.first_id, "tokens": self.tokens,
+                 "docs": len(self.docs),
+                 "first_doc_id": self.docs[0][0] if self.docs else None,
+                 "inputs": sorted(self.sources),
+                 "extra": [file_record(docs_path, f"../docs/{docs_path.name}")]}
+        cursor = {"path": doc.input.file.key, "doc_index": doc.index, "doc_id": doc.doc_id,
+                  "first_chunk_id": doc.first_chunk_id, "chunks_written": pos + 1,
+                  "complete": doc.finished, "empty_before": doc.empty_before}
+        self.manifest.record(entry, inputs=self.manifest.data.get("inputs", []) +
+                             self.inputs_done, cursor=cursor)
+        self.committed.append(path.name)
+        self.progress.shards += 1
+        self.shard += 1
+        self.first_id += self.rows
+        self.rows = self.tokens = 0
+        self.docs = []
+        self.sources = set()
+        self.inputs_done = []
+
+    def finish(self) -> None:
+        """Commit the last, partial shard; record inputs finished after it."""
+        if self.rows:
+            self.commit()
+        self.manifest.record(None, inputs=self.manifest.data.get("inputs", []) +
+                             self.inputs_done, cursor=None)
+        self.inputs_done = []
+
+
+# --------------------------------------------------------------------------------------
+# Assembling: token ids + offsets → chunks
+
+
+class Assembler:
+    """Turns tokenised segments back into chunks of whole documents, in order."""
+
+    def __init__(self, writer: ShardWriter, next_chunk_id: int, next_doc_id: int,
+                 chunk_size: int, result: ChunkResult, progress: Progress):
+        self.writer = writer
+        self.next_chunk_id = next_chunk_id
+        self.next_doc_id = next_doc_id
+        self.cs = chunk_size
+        self.result = result
+        self.progress = progress
+
+    def feed(self, item: WorkItem, tokenized) -> None:
+        ids, starts, counts = tokenized
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        k = 0
+        for kind, obj, text in item.entries:
+            if kind == SEG:
+                a, b = bounds[k], bounds[k + 1]
+                self._segment(obj, text, ids[a:b], starts[a:b])
+                k += 1
+            elif kind == END:
+                self._end(obj)
+            else:
+                self.writer.input_done(obj.record())
+                self.result.decode_errors += obj.reader.stats.decode_errors
+                self.result.bad_lines += obj.reader.stats.bad_lines
+
+    def _segment(self, doc: DocState, text: str, ids: np.ndarray, starts: np.ndarray):
+        doc.ids.append(ids)
+        doc.starts.append(starts + doc.chars)
+        doc.texts.append(text)
+        doc.chars += len(text)
+        doc.n_bytes += len(text.encode("utf-8"))
+        pending = sum(len(x) for x in doc.ids)
+        if pending > self.cs:  # emit every chunk whose successor's start is known
+            self._emit(doc, (pending - 1) // self.cs, final=False)
+
+    def _end(self, doc: DocState) -> None:
+        pending = sum(len(x) for x in doc.ids)
+        if pending:
+            self._emit(doc, -(-pending // self.cs), final=True)
+        if doc.n_chunks == 0:
+            doc.input.empty_docs += 1
+            self.result.empty_docs += 1
+        else:
+            doc.finished = True
+            doc.input.docs += 1
+            self.result.docs += 1
+            self.progress.docs += 1
+            self.writer.add_doc(doc)
+        doc.ids = doc.starts = doc.texts = []
+
+    def _emit(self, doc: DocState, n: int, final: bool) -> None:
+        cs = self.cs
+        ids = np.concatenate(doc.ids) if len(doc.ids) > 1 else doc.ids[0]
+        starts = np.concatenate(doc.starts) if len(doc.starts) > 1 else doc.starts[0]
+        text = "".join(doc.texts) if len(doc.texts) > 1 else doc.texts[0]
+        used = min(n * cs, len(ids))
+        tokens = np.zeros((n, cs), dtype=np.uint32)
+        tokens.reshape(-1)[:used] = ids[:used]
+        length = np.full(n, cs, dtype=np.int32)
+        length[-1] = used - (n - 1) * cs
+        # character boundaries of the n chunks, relative to text
+        cuts = np.empty(n + 1, dtype=np.int64)
+        cuts[0] = 0
+        cuts[1:n] = starts[cs:n * cs:cs] - doc.text_base
+        cuts[n] = len(text) if final else starts[n * cs] - doc.text_base
+        np.maximum.accumulate(cuts, out=cuts)
+        if doc.doc_id < 0:
+            doc.doc_id = self.next_doc_id
+            self.next_doc_id += 1
+            doc.first_chunk_id = self.next_chunk_id
+        pos = np.arange(doc.n_chunks, doc.n_chunks + n)
+        keep = pos >= doc.skip
+        texts = [text[cuts[j]:cuts[j + 1]] for j in range(n)]
+        if not keep.all():
+            pos, tokens, length = pos[keep], tokens[keep], length[keep]
+            texts = [t for t, k in zip(texts, keep) if k]
+        doc.n_chunks += n
+        doc.n_tokens += used
+        if len(pos):
+            self.writer.add(doc, pos, tokens, length, texts)
+            self.next_chunk_id += len(pos)
+            self.result.chunks += len(pos)
+            self.result.tokens += int(length.sum())
+            self.progress.chunks += len(pos)
+            self.progress.tokens += int(length.sum())
+        # keep what follows the emitted chunks
+        rest = used if final else n * cs
+        doc.ids = [ids[rest:]] if rest < len(ids) else []
+        doc.starts = [starts[rest:]] if rest < len(starts) else []
+        doc.texts = [text[cuts[n]:]] if cuts[n] < len(text) else []
+        doc.text_base += int(cuts[n])
+
+
+# --------------------------------------------------------------------------------------
+# The stage
+
+
+def chunk_corpus(db_path: str | Path, paths: list[str], cfg: ChunkConfig = ChunkConfig(),
+                 on_progress: Callable[[Progress], None] | None = None) -> ChunkResult:
+    """Chunk `paths` (files, directories, globs) into the database at `db_path`.
+
+    Inputs already in the database are skipped; an interrupted run is resumed from its
+    last committed shard.
+    """
+    cfg.validate()
+    t0 = time.time()
+    db = Database(db_path)
+    if cfg.tokenizer is None and db.exists():
+        spec = db.tokenizer()
+    else:
+        spec = resolve_tokenizer(cfg.tokenizer)
+    chunk_size = cfg.chunk_size
+    if chunk_size is None:
+        chunk_size = db.config()["chunk_size"] if db.exists() else DEFAULT_CHUNK_SIZE
+    files = discover_inputs(paths)
+    db.create_or_check(spec, chunk_size)
+    token_dtype = db.config()["token_dtype"]
+
+    result = ChunkResult()
+    with stage_lock(db.chunks_dir, "chunk"):
+        manifest = Manifest(db.chunks_dir, "chunks")
+        todo, cursor = _plan(files, manifest)
+        result.inputs = len(todo)
+        result.inputs_skipped = len(files) - len(todo)
+        progress = Progress(bytes_total=sum(f.size for f in todo))
+        next_doc_id = _next_doc_id(manifest)
+        if cursor is not None:
+            next_doc_id = max(next_doc_id, cursor["doc_id"] + 1)
+        writer = ShardWriter(db, manifest, cfg, chunk_size, token_dtype, progress)
+        assembler = Assembler(writer, manifest.next_id, next_doc_id, chunk_size, result,
+                              progress)
+        states = [InputState(f, Reader(f, cfg.reader)) for f in todo]
+        done_bytes, current = 0, 0
+        with local_executor(cfg.workers, _init_worker,
+                            (spec.json, cfg.workers == 1)) as ex:
+            for item, tokenized in ex.imap(tokenize_segments, work_items(states, cursor, cfg),
+                                           ordered=True, key=lambda it: it.segments):
+                assembler.feed(item, tokenized)
+                if on_progress is not None:
+                    while current < len(states) - 1 and states[current].reader.done:
+                        done_bytes += states[current].file.size
+                        current += 1
+                    progress.bytes_done = done_bytes + states[current].reader.bytes_read
+                    on_progress(progress)
+            writer.finish()
+        result.shards = writer.committed
+    if on_progress is not None:
+        progress.bytes_done = progress.bytes_total
+        on_progress(progress)
+    result.seconds = time.time() - t0
+    return result
+
+
+def _plan(files: list[InputFile], manifest: Manifest) -> tuple[list[InputFile], dict | None]:
+    """Inputs still to chunk (an interrupted one first) and the resume cursor."""
+    done = {r["path"]: r for r in manifest.data.get("inputs", [])}
+    todo = []
+    for f in files:
+        r = done.get(f.key)
+        if r is None:
+            todo.append(f)
+        elif r["bytes"] != f.size:
+            raise RetrodbError(f"{f.path}: already chunked into this database with "
+                               f"{r['bytes']} bytes, now {f.size}; chunked inputs are "
+                               "immutable: give the new version another name")
+    cursor = manifest.data.get("cursor")
+    if cursor is not None and cursor["path"] in done:
+        cursor = None  # the interrupted run had finished that input
+    if cursor is not None:
+        first = [f for f in todo if f.key == cursor["path"]]
+        if not first:
+            raise RetrodbError(f"an interrupted run was chunking {cursor['path']}; rerun "
+                               "with that input included to finish it")
+        todo = first + [f for f in todo if f.key != cursor["path"]]
+    return todo, cursor
+
+
+def _next_doc_id(manifest: Manifest) -> int:
+    """Docs are recorded when they end: the next id follows every recorded doc."""
+    n = 0
+    for e in manifest.shards:
+        if e["docs"]:
+            n = max(n, e["first_doc_id"] + e["docs"])
+    return n

@@ -1,0 +1,44 @@
+"""What a database holds, per stage (read from manifests, sizes from disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .db import Database
+from .runner import Manifest
+
+
+def _disk_bytes(directory: Path) -> int:
+    if not directory.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def db_info(path: str | Path) -> dict[str, Any]:
+    """A summary of every stage present: shards, rows, tokens, bytes on disk."""
+    db = Database(path)
+    cfg = db.config()
+    stages: dict[str, Any] = {}
+    chunks = Manifest(db.chunks_dir, "chunks")
+    stages["docs"] = {
+        "shards": len(chunks.shards),
+        "rows": sum(e["docs"] for e in chunks.shards),
+        "bytes": _disk_bytes(db.docs_dir),
+    }
+    inputs = chunks.data.get("inputs", [])
+    stages["chunks"] = {
+        "shards": len(chunks.shards),
+        "rows": chunks.rows,
+        "tokens": sum(e["tokens"] for e in chunks.shards),
+        "bytes": _disk_bytes(db.chunks_dir),
+        "inputs": len(inputs),
+        "empty_docs": sum(r["empty_docs"] for r in inputs),
+        "decode_errors": sum(r["decode_errors"] for r in inputs),
+        "bad_lines": sum(r["bad_lines"] for r in inputs),
+        "interrupted": chunks.data.get("cursor") is not None,
+    }
+    return {"path": str(db.root), "format": cfg["format"],
+            "tokenizer": cfg["tokenizer"]["name"], "chunk_size": cfg["chunk_size"],
+            "token_dtype": cfg["token_dtype"], "embedder": cfg.get("embedder"),
+            "stages": stages}
