@@ -379,7 +379,8 @@ class ShardWriter:
                  "first_doc_id": self.docs[0][0] if self.docs else None,
                  "inputs": sorted(self.sources),
                  "extra": [file_record(docs_path, f"../docs/{docs_path.name}")]}
-        cursor = {"path": doc.input.file.key, "doc_index": doc.index, "doc_id": doc.doc_id,
+        cursor = {"path": doc.input.file.key, "bytes": doc.input.file.size,
+                  "doc_index": doc.index, "doc_id": doc.doc_id,
                   "first_chunk_id": doc.first_chunk_id, "chunks_written": pos + 1,
                   "complete": doc.finished, "empty_before": doc.empty_before}
         self.manifest.record(entry, inputs=self.manifest.data.get("inputs", []) +
@@ -392,6 +393,13 @@ class ShardWriter:
         self.docs = []
         self.sources = set()
         self.inputs_done = []
+
+    def abort(self) -> None:
+        """Remove the open shard's temporary file (no-op after finish)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        tmp_path_for(self._path()).unlink(missing_ok=True)
 
     def finish(self) -> None:
         """Commit the last, partial shard; record inputs finished after it."""
@@ -542,18 +550,22 @@ def chunk_corpus(db_path: str | Path, paths: list[str], cfg: ChunkConfig = Chunk
                               progress)
         states = [InputState(f, Reader(f, cfg.reader)) for f in todo]
         done_bytes, current = 0, 0
-        with local_executor(cfg.workers, _init_worker,
-                            (spec.json, cfg.workers == 1)) as ex:
-            for item, tokenized in ex.imap(tokenize_segments, work_items(states, cursor, cfg),
-                                           ordered=True, key=lambda it: it.segments):
-                assembler.feed(item, tokenized)
-                if on_progress is not None:
-                    while current < len(states) - 1 and states[current].reader.done:
-                        done_bytes += states[current].file.size
-                        current += 1
-                    progress.bytes_done = done_bytes + states[current].reader.bytes_read
-                    on_progress(progress)
-            writer.finish()
+        try:
+            with local_executor(cfg.workers, _init_worker,
+                                (spec.json, cfg.workers == 1)) as ex:
+                items = work_items(states, cursor, cfg)
+                for item, tokenized in ex.imap(tokenize_segments, items, ordered=True,
+                                               key=lambda it: it.segments):
+                    assembler.feed(item, tokenized)
+                    if on_progress is not None:
+                        while current < len(states) - 1 and states[current].reader.done:
+                            done_bytes += states[current].file.size
+                            current += 1
+                        progress.bytes_done = done_bytes + states[current].reader.bytes_read
+                        on_progress(progress)
+                writer.finish()
+        finally:
+            writer.abort()  # drop a half-written shard; committed shards stay
         result.shards = writer.committed
     if on_progress is not None:
         progress.bytes_done = progress.bytes_total
@@ -582,6 +594,10 @@ def _plan(files: list[InputFile], manifest: Manifest) -> tuple[list[InputFile], 
         if not first:
             raise RetrodbError(f"an interrupted run was chunking {cursor['path']}; rerun "
                                "with that input included to finish it")
+        if cursor.get("bytes", first[0].size) != first[0].size:
+            raise RetrodbError(f"{first[0].path}: changed since an interrupted run began "
+                               "chunking it; restore it to finish that run, or chunk "
+                               "into a new database")
         todo = first + [f for f in todo if f.key != cursor["path"]]
     return todo, cursor
 

@@ -45,7 +45,8 @@ class ProcessExecutor:
         self.workers = workers
         self.window = window or 2 * workers
         self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                        initializer=initializer, initargs=initargs)
+                                        initializer=_worker_init,
+                                        initargs=(initializer, initargs))
 
     def imap(self, fn: Callable, items: Iterable, ordered: bool = True,
              key: Callable[[Any], Any] | None = None) -> Iterator[tuple[Any, Any]]:
@@ -79,6 +80,25 @@ class ProcessExecutor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _worker_init(initializer: Callable | None, initargs: tuple) -> None:
+    """Make a worker die with its parent (a killed run must not leave orphans)."""
+    _die_with_parent()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 def local_executor(workers: int, initializer: Callable | None = None,

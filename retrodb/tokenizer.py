@@ -63,7 +63,9 @@ def resolve_tokenizer(path: str | Path | None) -> TokenizerSpec:
         if not p.exists():
             raise RetrodbError(f"--tokenizer {path}: no such file or directory")
         file = p / "tokenizer.json" if p.is_dir() else p
-        name = p.name if p.is_dir() else p.parent.name or p.name
+        # a directory or ".../NAME/tokenizer.json" is called NAME; "x.json" is called x
+        name = p.name if p.is_dir() else (p.parent.name if p.name == "tokenizer.json"
+                                          else p.stem)
         if not file.is_file():
             raise RetrodbError(f"--tokenizer {path}: no tokenizer.json in that directory; "
                                "give a Hugging Face fast tokenizer (tokenizer.json)")

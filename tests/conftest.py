@@ -1,0 +1,25 @@
+"""Shared fixtures: the committed example corpus and small helpers to read a DB."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "examples" / "corpus"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """Seven real documents of the Python documentation (PSF licence), ~200 KB."""
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def corpus_files() -> list[Path]:
+    return sorted(CORPUS.rglob("*.rst.txt"))
