@@ -7,8 +7,9 @@ Supported: `.txt` (one document per file, or split on `--doc-separator`), `.json
 A reader yields a flat stream of events, never a whole document:
     DocStart(position) · Text(piece) · Text(piece) · DocEnd() · DocStart(...) ...
 `position` is the 1-based line where the document starts (.txt, .jsonl) or its
-0-based row (.parquet). Text pieces are at most `PIECE_BYTES` long, so a 10 GB file
-or a document of one enormous line streams in bounded memory.
+0-based row (.parquet). Text pieces are at most `PIECE_BYTES` (decoded) long and may
+end anywhere, even inside a word, so a 10 GB file or a document of one enormous line
+streams in bounded memory. (A JSONL line is one JSON value and is held whole.)
 """
 
 from __future__ import annotations
@@ -225,15 +226,31 @@ class Reader:
         try:
             return dec.decode(b, final)
         except UnicodeDecodeError as e:
-            raise RetrodbError(f"{self.inp.path}:{lineno}: undecodable UTF-8 byte "
+            line = lineno + b.count(b"\n", 0, max(e.start, 0))
+            raise RetrodbError(f"{self.inp.path}:{line}: undecodable UTF-8 byte "
                                f"{b[e.start:e.start + 1]!r}; use --errors replace to "
                                "replace such bytes") from None
 
+    def _blocks(self, stream: BinaryIO) -> Iterator[str]:
+        """Decoded text in blocks of about PIECE_BYTES, cut anywhere (lines ignored)."""
+        dec = self._decoder()
+        lineno = 1
+        token = _ERROR_COUNTER.push(self.stats)
+        try:
+            while True:
+                b = stream.read(PIECE_BYTES)
+                text = self._decode(dec, b, lineno, final=not b)
+                if text:
+                    yield text
+                if not b:
+                    return
+                lineno += b.count(b"\n")
+        finally:
+            _ERROR_COUNTER.pop(token)
+
     def _txt_whole(self, stream: BinaryIO) -> Iterator[object]:
         yield DocStart(1)
-        for _, text, _ in self._lines(stream):
-            if text:
-                yield text
+        yield from self._blocks(stream)
         yield DOC_END
 
     def _txt_split(self, stream: BinaryIO, sep: str) -> Iterator[object]:
@@ -243,7 +260,7 @@ class Reader:
         start_line = 1
         nl_in_doc = 0  # newlines consumed in the current document so far
         yield DocStart(1)
-        for _, text, _ in self._lines(stream):
+        for text in self._blocks(stream):
             buf += text
             while True:
                 i = buf.find(sep)
