@@ -30,7 +30,8 @@ demo: install corpus
 	PATH="$(abspath $(BIN)):$$PATH" sh examples/demo.sh $(DEMO_DB) "$$(cat $(CORPUS_CACHE)/PATH)"
 
 bench: install corpus
-	$(BIN)/python benchmarks/bench_chunk.py --corpus "$$(cat $(CORPUS_CACHE)/PATH)"
+	$(BIN)/python benchmarks/bench_chunk.py --corpus "$$(cat $(CORPUS_CACHE)/PATH)" --copies 2
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(DEMO_DB) .pytest_cache

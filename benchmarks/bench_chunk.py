@@ -91,7 +91,7 @@ def main() -> None:
     lines = [
         "## chunk",
         "",
-        f"Corpus: {size1 / 1e6:.1f} MB of text ({args.corpus.name}, {args.copies} "
+        f"Corpus: {size1 / 1e6:.1f} MB of real text (the example corpus, {args.copies} "
         f"cop{'y' if args.copies == 1 else 'ies'}), {raw['tokens']:,} tokens, "
         f"{w1['chunks']:,} chunks. Machine: {machine}. Command: `{cmd}`.",
         "",
