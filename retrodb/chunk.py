@@ -612,7 +612,7 @@ def chunk_corpus(db_path: str | Path, paths: list[str], cfg: ChunkConfig = Chunk
         finally:
             writer.abort()  # drop a half-written shard; committed shards stay
         result.shards = writer.committed
-    if on_progress is not None:
+    if on_progress is not None and progress.bytes_total:
         progress.bytes_done = progress.bytes_total
         on_progress(progress)
     result.seconds = time.time() - t0
