@@ -20,6 +20,10 @@ def chunk_cli(
                                              "database's, else 64 as in the paper]."),
     shard_size: int = typer.Option(1_000_000, help="Chunks per shard (~160 MB of Parquet)."),
     workers: int = typer.Option(1, help="Tokenizer processes."),
+    executor: str = typer.Option("local", help="'local' processes, or 'ray' tasks on a "
+                                 "Ray cluster (pip install 'retrodb[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address [default: "
+                                              "RAY_ADDRESS, else a local Ray]."),
     tokenizer: Optional[str] = typer.Option(None, help="A Hugging Face tokenizer.json or a "
                                             "directory holding one [default: the database's,"
                                             " else all-MiniLM-L6-v2's]."),
@@ -46,7 +50,8 @@ def chunk_cli(
 
     sep = doc_separator.encode().decode("unicode_escape") if doc_separator else None
     cfg = ChunkConfig(
-        chunk_size=chunk_size, shard_size=shard_size, workers=workers, tokenizer=tokenizer,
+        chunk_size=chunk_size, shard_size=shard_size, workers=workers, executor=executor,
+        ray_address=ray_address, tokenizer=tokenizer,
         reader=ReaderOptions(doc_separator=sep, text_field=text_field,
                              text_column=text_column, errors=errors, skip_bad=skip_bad))
     with _ChunkProgress() as bar:

@@ -34,7 +34,7 @@ import numpy as np
 
 from .db import Database
 from .errors import RetrodbError
-from .executor import local_executor
+from .executor import ExecutorSpec
 from .readers import DOC_END, DocStart, InputFile, Reader, ReaderOptions, discover_inputs
 from .runner import Manifest, file_record, shard_name, stage_lock
 from .storage import publish, tmp_path_for
@@ -53,6 +53,8 @@ class ChunkConfig:
     chunk_size: int | None = None  # --chunk-size: tokens per chunk (paper: 64); None = DB's
     shard_size: int = DEFAULT_SHARD_SIZE  # --shard-size: chunks per shard (~160 MB)
     workers: int = 1  # --workers: tokenizer processes
+    executor: str = "local"  # --executor: local processes, or Ray tasks ("ray")
+    ray_address: str | None = None  # --ray-address: a Ray cluster; None = local Ray
     tokenizer: str | None = None  # --tokenizer: None = the DB's, or the default embedder's
     reader: ReaderOptions = field(default_factory=ReaderOptions)
     # Tokeniser batch: ~256k characters per work item keeps the Rust batch busy while
@@ -61,14 +63,17 @@ class ChunkConfig:
     segment_chars: int = 1 << 14  # cut long documents into ~16k-character segments
     row_group_rows: int = 1 << 16  # Parquet row group: unit of streaming reads later
 
+    @property
+    def executor_spec(self) -> ExecutorSpec:
+        return ExecutorSpec(self.executor, self.workers, self.ray_address)
+
     def validate(self) -> None:
         if self.chunk_size is not None and self.chunk_size <= 0:
             raise RetrodbError(f"--chunk-size {self.chunk_size}: must be a positive "
                                "number of tokens (the paper uses 64)")
         if self.shard_size <= 0:
             raise RetrodbError(f"--shard-size {self.shard_size}: must be positive")
-        if self.workers <= 0:
-            raise RetrodbError(f"--workers {self.workers}: must be at least 1")
+        self.executor_spec.validate()
         if self.reader.errors not in ("strict", "replace"):
             raise RetrodbError(f"--errors {self.reader.errors}: use strict or replace")
         if self.reader.doc_separator == "":
@@ -596,8 +601,8 @@ def chunk_corpus(db_path: str | Path, paths: list[str], cfg: ChunkConfig = Chunk
         states = [InputState(f, Reader(f, cfg.reader)) for f in todo]
         done_bytes, current = 0, 0
         try:
-            with local_executor(cfg.workers, _init_worker,
-                                (spec.json, chunk_size, cfg.workers == 1)) as ex:
+            parallel = cfg.executor == "local" and cfg.workers == 1
+            with cfg.executor_spec.make(_init_worker, (spec.json, chunk_size, parallel)) as ex:
                 items = work_items(states, cursor, cfg)
                 for item, tokenized in ex.imap(tokenize_segments, items, ordered=True,
                                                key=lambda it: it.payload):

@@ -1,0 +1,83 @@
+"""The Ray executor: same shards as the local one; killed tasks are retried."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from retrodb.chunk import ChunkConfig, chunk_corpus  # noqa: E402
+from retrodb.db import Database  # noqa: E402
+from retrodb.executor import RayExecutor  # noqa: E402
+from retrodb.runner import Manifest, pending_tasks, run_shard_stage  # noqa: E402
+from retrodb.tokens import TokenStore, _dtype, _TokensShard, build_tokens  # noqa: E402
+
+from dbread import shard_bytes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    home = tmp_path_factory.mktemp("rayhome")
+    old = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "PYTHONPATH")}
+    os.environ["HOME"] = str(home)  # Ray writes under ~/.ray and its temp dir
+    os.environ["RAY_TMPDIR"] = str(home)
+    # workers import this module's helpers (KillOnce) by name
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_chunk_on_ray_equals_local(tmp_path, corpus, local_ray):
+    cfg = dict(shard_size=300, row_group_rows=128)
+    chunk_corpus(tmp_path / "local", [str(corpus)], ChunkConfig(workers=2, **cfg))
+    chunk_corpus(tmp_path / "ray", [str(corpus)], ChunkConfig(executor="ray", **cfg))
+    assert shard_bytes(tmp_path / "local") == shard_bytes(tmp_path / "ray")
+
+
+class KillOnce:
+    """A shard function whose first attempt at every shard dies by SIGKILL."""
+
+    def __init__(self, fn, marks: Path):
+        self.fn, self.marks = fn, marks
+
+    def __call__(self, task, tmp):
+        mark = self.marks / f"{task.shard}"
+        if not mark.exists():
+            mark.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.fn(task, tmp)
+
+
+def test_killed_ray_tasks_are_retried(tmp_path, corpus, local_ray):
+    db = tmp_path / "db"
+    chunk_corpus(db, [str(corpus)], ChunkConfig(shard_size=300))
+    ref = tmp_path / "ref"
+    chunk_corpus(ref, [str(corpus)], ChunkConfig(shard_size=300))
+    build_tokens(ref)
+
+    cfg = Database(db).config()
+    src = Manifest(db / "chunks", "chunks")
+    dst = Manifest(db / "tokens", "tokens")
+    tasks, _ = pending_tasks(src, dst, ".npy")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    fn = KillOnce(_TokensShard(db / "chunks", _dtype(cfg["token_dtype"], cfg["chunk_size"])),
+                  marks)
+    done = run_shard_stage(tasks, fn, dst, RayExecutor())
+    assert sorted(e["shard"] for e in done) == [0, 1, 2]  # each once: no duplicates
+    assert len(list(marks.iterdir())) == 3  # every shard's first attempt was killed
+    for name in ("00000.npy", "00001.npy", "00002.npy"):
+        assert (db / "tokens" / name).read_bytes() == (ref / "tokens" / name).read_bytes()
+    assert not list((db / "tokens").glob(".tmp-*"))
+    assert TokenStore(db, build=False).n_chunks == TokenStore(ref).n_chunks
