@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import chunk, info
+from . import chunk, info, plan
 
 app = typer.Typer(
     name="retrodb",
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.command("chunk")(chunk.chunk_cli)
 app.command("info")(info.info_cli)
+app.command("plan")(plan.plan_cli)
 
 
 def main() -> None:
