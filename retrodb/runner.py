@@ -50,6 +50,18 @@ class Manifest:
         else:
             data = {"stage": stage, "format": FORMAT, "shards": []}
         self.data: dict[str, Any] = data
+        for e in self.shards:
+            for name, _, _ in entry_files(e):
+                self.path_of(name)  # refuse entries pointing outside the database
+
+    def path_of(self, name: str) -> Path:
+        """The file a manifest entry names; it must stay inside the database."""
+        p = (self.directory / name).resolve()
+        root = self.directory.resolve().parent
+        if Path(name).is_absolute() or not p.is_relative_to(root):
+            raise RetrodbError(f"{self.path}: entry names {name!r}, outside the database; "
+                               "the manifest was edited or corrupted: restore it")
+        return p
 
     @property
     def shards(self) -> list[dict]:
@@ -89,7 +101,7 @@ class Manifest:
     def files_ok(self, entry: dict, checksum: bool = True) -> bool:
         """Whether every file of `entry` exists with its recorded size (and sha256)."""
         for name, size, digest in entry_files(entry):
-            p = self.directory / name
+            p = self.path_of(name)
             try:
                 if p.stat().st_size != size:
                     return False
