@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import chunk, info, plan
+from . import chunk, info, plan, verify
 
 app = typer.Typer(
     name="retrodb",
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.command("chunk")(chunk.chunk_cli)
 app.command("info")(info.info_cli)
 app.command("plan")(plan.plan_cli)
+app.command("verify")(verify.verify_cli)
 
 
 def main() -> None:

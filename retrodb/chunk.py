@@ -24,6 +24,7 @@ document; a run of more than `segment_chars` characters without whitespace is cu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -338,7 +339,7 @@ class ShardWriter:
         self.pending_rows = 0
         self.writer = None
         self.docs: list[tuple] = []
-        self.sources: set[str] = set()
+        self.sources: dict[str, None] = {}  # inputs of the open shard, in reading order
         self.inputs_done: list[dict] = []
         self.last: tuple[DocState, int] | None = None  # (doc, pos) of the last row
         self.committed: list[str] = []
@@ -368,7 +369,7 @@ class ShardWriter:
             self.pending_rows += take
             self.rows += take
             self.tokens += int(length[i:i + take].sum())
-            self.sources.add(doc.input.file.key)
+            self.sources[doc.input.file.key] = None
             self.last = (doc, int(p[-1]))
             i += take
             while self.pending_rows >= self.row_group:
@@ -425,12 +426,19 @@ class ShardWriter:
                  "rows": self.rows, "first_id": self.first_id, "tokens": self.tokens,
                  "docs": len(self.docs),
                  "first_doc_id": self.docs[0][0] if self.docs else None,
-                 "inputs": sorted(self.sources),
+                 "inputs": list(self.sources),
                  "extra": [file_record(docs_path, f"../docs/{docs_path.name}")]}
         cursor = {"path": doc.input.file.key, "bytes": doc.input.file.size,
                   "doc_index": doc.index, "doc_id": doc.doc_id,
                   "first_chunk_id": doc.first_chunk_id, "chunks_written": pos + 1,
                   "complete": doc.finished, "empty_before": doc.empty_before}
+        # what `retrodb verify` needs to recompute this shard from its inputs: where
+        # it ends (the next shard starts there) and the options that shape its bytes
+        entry["end"] = cursor
+        entry["made_with"] = {"reader": dataclasses.asdict(self.cfg.reader),
+                              "segment_chars": self.cfg.segment_chars,
+                              "row_group_rows": self.cfg.row_group_rows,
+                              "shard_size": self.cfg.shard_size}
         self.manifest.record(entry, inputs=self.manifest.data.get("inputs", []) +
                              self.inputs_done, cursor=cursor)
         self.committed.append(path.name)
@@ -439,7 +447,7 @@ class ShardWriter:
         self.first_id += self.rows
         self.rows = self.tokens = 0
         self.docs = []
-        self.sources = set()
+        self.sources = {}
         self.inputs_done = []
 
     def abort(self) -> None:
@@ -659,3 +667,80 @@ def _next_doc_id(manifest: Manifest) -> int:
         if e["docs"]:
             n = max(n, e["first_doc_id"] + e["docs"])
     return n
+
+
+# --------------------------------------------------------------------------------------
+# Recomputing one shard (for `retrodb verify`)
+
+
+class _Scratch(Manifest):
+    """A manifest that records nothing: shards are written to a scratch directory."""
+
+    def __init__(self, directory: Path, shard: int, first_id: int):
+        self.directory, self.path, self.stage = directory, directory / "manifest.json", "chunks"
+        self.data = {"shards": [], "inputs": []}
+        self._shard, self._first = shard, first_id
+
+    @property
+    def next_shard(self) -> int:
+        return self._shard
+
+    @property
+    def next_id(self) -> int:
+        return self._first
+
+    def record(self, entry=None, **top) -> None:
+        pass
+
+
+def recompute_shard(db_path: str | Path, shard: int, scratch: Path) -> tuple[Path, Path]:
+    """Re-chunk shard `shard` from its recorded inputs into `scratch`.
+
+    Returns the (chunks, docs) files, which must equal the stored ones byte for byte.
+    Raises RetrodbError when an input is gone or changed.
+    """
+    db = Database(db_path)
+    m = Manifest(db.chunks_dir, "chunks")
+    e = m.entry(shard)
+    if e is None or "made_with" not in e:
+        raise RetrodbError(f"{db.chunks_dir}: shard {shard} has no recipe to recompute")
+    prev = m.entry(shard - 1) if shard > 0 else None
+    made = e["made_with"]
+    cfg = ChunkConfig(shard_size=made["shard_size"], reader=ReaderOptions(**made["reader"]),
+                      segment_chars=made["segment_chars"],
+                      row_group_rows=made["row_group_rows"])
+    files = []
+    for path in e["inputs"]:
+        p = Path(path)
+        if not p.is_file():
+            raise RetrodbError(f"{path}: input of chunk shard {shard} is gone; cannot "
+                               "recompute it")
+        f = discover_inputs([path])[0]
+        done = {r["path"]: r["bytes"] for r in m.data.get("inputs", [])}
+        if done.get(f.key, f.size) != f.size:
+            raise RetrodbError(f"{path}: changed since it was chunked; cannot recompute "
+                               f"chunk shard {shard}")
+        files.append(f)
+    cursor = prev["end"] if prev and prev["end"]["path"] == files[0].key else None
+    next_doc = prev["end"]["doc_id"] + 1 if prev else 0
+    spec, cfg_db = db.tokenizer(), db.config()
+    out = Database(scratch)
+    out.chunks_dir.mkdir(parents=True, exist_ok=True)
+    progress, result = Progress(), ChunkResult()
+    writer = ShardWriter(out, _Scratch(out.chunks_dir, shard, e["first_id"]), cfg,
+                         cfg_db["chunk_size"], cfg_db["token_dtype"], progress)
+    assembler = Assembler(writer, e["first_id"], next_doc, cfg_db["chunk_size"], result,
+                          progress)
+    states = [InputState(f, Reader(f, cfg.reader)) for f in files]
+    _init_worker(spec.json, cfg_db["chunk_size"], True)
+    try:
+        for item in work_items(states, cursor, cfg):
+            assembler.feed(item, tokenize_segments(item.payload))
+            if writer.committed:
+                break
+        else:
+            writer.finish()
+    finally:
+        writer.abort()
+    name = shard_name(shard, ".parquet")
+    return out.chunks_dir / name, out.docs_dir / name
