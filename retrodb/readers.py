@@ -145,13 +145,53 @@ def open_binary(inp: InputFile) -> tuple[BinaryIO, _Counting]:
     if name.endswith(".gz"):
         stream: BinaryIO = gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb")
     elif name.endswith(".zst"):
-        import zstandard
-
-        stream = zstandard.ZstdDecompressor().stream_reader(io.BufferedReader(raw),
-                                                            read_across_frames=True)
+        stream = _ZstdRaw(raw)
     else:
         return io.BufferedReader(raw, 1 << 20), raw
     return io.BufferedReader(stream, 1 << 20), raw  # type: ignore[arg-type]
+
+
+class _ZstdRaw(io.RawIOBase):
+    """Decompresses concatenated zstd frames; a frame cut short raises EOFError.
+
+    (zstandard's stream reader returns a silent EOF on a truncated file.)
+    """
+
+    def __init__(self, raw: _Counting):
+        import zstandard
+
+        self.zstd = zstandard
+        self.raw = io.BufferedReader(raw, 1 << 20)
+        self.dobj = zstandard.ZstdDecompressor().decompressobj()
+        self.buf = b""
+        self.in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self.buf:
+            data = self.raw.read(1 << 18)
+            if not data:
+                if self.in_frame:
+                    raise EOFError("zstd frame ends early")
+                return 0
+            while data:
+                if self.dobj.eof:
+                    self.dobj = self.zstd.ZstdDecompressor().decompressobj()
+                self.in_frame = True
+                self.buf += self.dobj.decompress(data)
+                data = self.dobj.unused_data if self.dobj.eof else b""
+                if self.dobj.eof:
+                    self.in_frame = False
+        n = min(len(b), len(self.buf))
+        b[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 class Reader:
@@ -209,6 +249,8 @@ class Reader:
         try:
             while True:
                 b = stream.readline(PIECE_BYTES)
+                if lineno == 1:
+                    self._refuse_binary(b)
                 if not b:
                     tail = self._decode(dec, b"", lineno, final=True)
                     if tail:
@@ -221,6 +263,13 @@ class Reader:
                     lineno += 1
         finally:
             _ERROR_COUNTER.pop(token)
+
+    def _refuse_binary(self, head: bytes) -> None:
+        """NUL bytes near the start: a binary file (or UTF-16), not UTF-8 text."""
+        at = head.find(b"\x00", 0, 8192)
+        if at >= 0:
+            raise RetrodbError(f"{self.inp.path}: not UTF-8 text (NUL byte at offset {at}: "
+                               "a binary file, or UTF-16); remove it or convert it to UTF-8")
 
     def _decode(self, dec, b: bytes, lineno: int, final: bool) -> str:
         try:
@@ -236,9 +285,13 @@ class Reader:
         dec = self._decoder()
         lineno = 1
         token = _ERROR_COUNTER.push(self.stats)
+        first = True
         try:
             while True:
                 b = stream.read(PIECE_BYTES)
+                if first:
+                    self._refuse_binary(b)
+                    first = False
                 text = self._decode(dec, b, lineno, final=not b)
                 if text:
                     yield text

@@ -146,3 +146,23 @@ def test_changed_input_refused(tmp_path, corpus_files):
     f.write_text(corpus_files[1].read_text(encoding="utf-8"))
     with pytest.raises(RetrodbError, match="already chunked .* immutable"):
         _run(tmp_path / "db", [f])
+
+
+def test_binary_and_utf16_files_refused(tmp_path, corpus_files):
+    (tmp_path / "a.txt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(RetrodbError, match=r"a\.txt: not UTF-8 text \(NUL byte at offset 0"):
+        _run(tmp_path / "db", [tmp_path / "a.txt"])
+    (tmp_path / "b.jsonl").write_text('{"text": "hi"}\n', encoding="utf-16")
+    with pytest.raises(RetrodbError, match=r"b\.jsonl: not UTF-8 text.*UTF-16"):
+        _run(tmp_path / "db", [tmp_path / "b.jsonl"])
+    _unchanged(tmp_path / "db")
+
+
+def test_truncated_zstd(tmp_path, corpus_files):
+    import zstandard
+
+    data = zstandard.ZstdCompressor().compress(corpus_files[0].read_bytes())
+    (tmp_path / "a.txt.zst").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RetrodbError, match=r"a\.txt\.zst: cannot read .*truncated or corrupt"):
+        _run(tmp_path / "db", [tmp_path / "a.txt.zst"])
+    _unchanged(tmp_path / "db")
