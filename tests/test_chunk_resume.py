@@ -114,3 +114,32 @@ def test_resume_needs_the_interrupted_input(tmp_path, corpus, corpus_files, monk
     others = [str(f) for f in corpus_files if str(f) != cursor["path"]]
     with pytest.raises(RetrodbError, match="interrupted run was chunking"):
         chunk_corpus(db, others, CFG)
+
+
+def test_ctrl_c_exits_130_and_resumes(tmp_path, corpus):
+    """Ctrl-C mid-run: one line, exit 130, and the rerun completes identically."""
+    db = tmp_path / "db"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from retrodb.runner import Manifest
+        real = Manifest.record
+        def record(self, entry=None, **top):
+            real(self, entry, **top)
+            if entry is not None and entry["shard"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+        Manifest.record = record
+        sys.argv = ["retrodb", "chunk", {str(corpus)!r}, "--db", {str(db)!r},
+                    "--shard-size", "200", "--workers", "2"]
+        from retrodb.cli.main import main
+        main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 130
+    assert proc.stderr.strip().splitlines()[-1].startswith("interrupted:")
+    assert "Traceback" not in proc.stderr
+    _no_leftovers(db)
+    chunk_corpus(db, [str(corpus)], ChunkConfig(shard_size=200))
+    ref = tmp_path / "ref"
+    chunk_corpus(ref, [str(corpus)], ChunkConfig(shard_size=200))
+    assert shard_bytes(db) == shard_bytes(ref)
