@@ -22,8 +22,15 @@ English prose) are re-tokenised from their text, and every key is the model's ke
 the chunk's text. With any other chunk tokenizer every text is re-tokenised.
 
 Devices: `--gpus 0,1` runs one worker process per GPU, pinned to it; `--workers N` runs
-N CPU processes of cores // N threads each. Shards are handed out as workers free up;
-outputs are named by chunk shard, so a rerun may use other devices.
+N CPU processes sharing the cores. Shards are handed out as workers free up; outputs
+are named by chunk shard, so a rerun may use other devices.
+
+CPU parallelism inside a worker is by batch, not inside a matmul: a worker with c cores
+runs c lanes, threads that each embed whole batches with one torch thread. On this
+2-core machine, shared with other jobs, torch's own 2-thread matmuls ran at a third of
+one thread's speed whenever another process took a core (OpenMP threads wait for each
+other); lanes do not wait for each other. Each batch's result then does not depend on
+the number of cores, lanes or workers: every run of the same shard gives the same bits.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import os
 import queue
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -65,7 +74,7 @@ class EmbedConfig:
     # --batch-size: chunks per forward pass; None = 64 on CPU (32-64 measured fastest
     # there, 1024 was ~30% slower), 1024 on CUDA (large batches keep a GPU busy).
     batch_size: int | None = None
-    # --workers: CPU processes, each with cores // workers torch threads.
+    # --workers: CPU processes, each using cores // workers cores (as lanes, see above).
     workers: int = 1
     # --precision: CUDA autocast dtype; "auto" = fp16 (closer to fp32 than bf16). The
     # CPU always computes in fp32: bf16 was slower and int8 inaccurate (cosine < 0.95).
@@ -77,7 +86,8 @@ class EmbedConfig:
     window: int = 8192
     # Padded batches prepared ahead of the model by the reader thread.
     prefetch: int = 4
-    # Torch threads per worker; None = cores // workers. (No flag: tests pin it.)
+    # Cores per worker; None = cores // workers. On CPU that many lanes of one torch
+    # thread each; on CUDA the worker's torch threads. (No flag: benchmarks vary it.)
     threads: int | None = None
 
     def validate(self) -> None:
@@ -99,8 +109,8 @@ class EmbedConfig:
         elif self.precision not in ("auto", "fp32"):
             raise RetrodbError(f"--precision {self.precision}: only with --gpus; on the "
                                "CPU keys are computed in fp32")
-        if self.window <= 0 or self.prefetch <= 0:
-            raise RetrodbError("window and prefetch must be positive")
+        if self.window <= 0 or self.prefetch <= 0 or (self.threads or 1) <= 0:
+            raise RetrodbError("EmbedConfig: window, prefetch and threads must be positive")
 
     def devices(self) -> list[str]:
         """One torch device per worker; checks that the GPUs asked for exist."""
@@ -180,13 +190,14 @@ class EmbedResult:
 
 
 def embed_shard(chunks: Path, out: Path, embedder: Embedder, *, first_id: int, rows: int,
-                batch_size: int, window: int = 8192, prefetch: int = 4,
+                batch_size: int, window: int = 8192, prefetch: int = 4, lanes: int = 1,
                 continuation: np.ndarray | None = None,
                 on_chunks: Callable[[int], None] | None = None) -> dict:
     """Embed every chunk of one Parquet shard into one float16 .npy shard at `out`.
 
     `continuation` (see `embedder.continuation_table`) allows reusing stored token ids;
-    None re-tokenises every chunk's text. Returns the shard's statistics.
+    None re-tokenises every chunk's text. `lanes` threads embed batches side by side.
+    Returns the shard's statistics.
     """
     t0 = time.perf_counter()
     halvings = embedder.oom_halvings
@@ -198,19 +209,25 @@ def embed_shard(chunks: Path, out: Path, embedder: Embedder, *, first_id: int, r
         return stats
     keys = np.lib.format.open_memmap(out, mode="w+", dtype=np.float16, shape=(rows, dim))
     buf = np.zeros((window, dim), dtype=np.float32)
-    items = _window_batches(chunks, embedder, first_id, rows, batch_size, window,
-                            continuation, stats)
-    for item in _prefetch(items, prefetch):
-        if item[0] == "window":
-            _, offset, n = item
-            keys[offset:offset + n] = buf[:n]
-            continue
-        _, pos, ids, lengths = item
-        buf[pos] = embedder.embed_batch(ids, lengths)
-        stats["tokens"] += int(lengths.sum())
-        stats["padded_tokens"] += int(ids.shape[0] * ids.shape[1])
+
+    def run(pos: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> None:
+        buf[pos] = embedder.embed_batch(ids, lengths)  # distinct rows per batch
         if on_chunks is not None:
             on_chunks(len(pos))
+
+    items = _window_batches(chunks, embedder, first_id, rows, batch_size, window,
+                            continuation, stats)
+    with _Lanes(lanes) as pool:
+        for item in _prefetch(items, prefetch):
+            if item[0] == "window":
+                _, offset, n = item
+                pool.wait_all()
+                keys[offset:offset + n] = buf[:n]
+                continue
+            _, pos, ids, lengths = item
+            stats["tokens"] += int(lengths.sum())
+            stats["padded_tokens"] += int(ids.shape[0] * ids.shape[1])
+            pool.submit(run, pos, ids, lengths)
     keys.flush()
     del keys
     stats["oom_halvings"] = embedder.oom_halvings - halvings
@@ -283,6 +300,34 @@ def _reusable(tokens: np.ndarray, lengths: np.ndarray, doc_ids: np.ndarray, widt
     return starts_word & ends_word & (lengths > 0)
 
 
+class _Lanes:
+    """Run calls on `n` threads, at most 2n in flight; inline when n == 1."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="embed-lane") if n > 1 else None
+        self.inflight: deque = deque()
+
+    def submit(self, fn: Callable, *args) -> None:
+        if self.pool is None:
+            fn(*args)
+            return
+        while len(self.inflight) >= 2 * self.n:
+            self.inflight.popleft().result()
+        self.inflight.append(self.pool.submit(fn, *args))
+
+    def wait_all(self) -> None:
+        while self.inflight:
+            self.inflight.popleft().result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _prefetch(items: Iterator, depth: int) -> Iterator:
     """Run the `items` generator in a thread, up to `depth` items ahead."""
     q: queue.Queue = queue.Queue(depth)
@@ -334,10 +379,12 @@ def _init_worker(spec: dict, devices, threads: int, precision: str, events) -> N
     label, device = devices.get(timeout=120)
     import torch
 
+    cpu = device == "cpu"
     _WORKER.clear()
     _WORKER.update(spec=spec, label=label, device=device, precision=precision,
-                   events=events, threads_before=torch.get_num_threads())
-    torch.set_num_threads(threads)
+                   events=events, threads_before=torch.get_num_threads(),
+                   lanes=threads if cpu else 1)
+    torch.set_num_threads(1 if cpu else threads)  # CPU: one thread per lane
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
 
@@ -373,7 +420,7 @@ class EmbedShard:
         return embed_shard(self.chunks_dir / task.source["file"], tmp, emb,
                            first_id=task.source["first_id"], rows=task.source["rows"],
                            batch_size=batch, window=self.window, prefetch=self.prefetch,
-                           continuation=cont,
+                           lanes=_WORKER["lanes"], continuation=cont,
                            on_chunks=lambda n: events.put(("chunks", label, n)))
 
 

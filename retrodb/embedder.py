@@ -19,9 +19,11 @@ against `F.linear` when the model is loaded, else the plain layer is kept).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -274,6 +276,7 @@ class Embedder:
         self.model = model.to(self.device)
         self.batch_size: int | None = None  # lowered for good after an out-of-memory
         self.oom_halvings = 0
+        self._lock = threading.Lock()
 
     # tokens ------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> list[np.ndarray]:
@@ -318,9 +321,9 @@ class Embedder:
         if dev.type == "cuda":
             ids_t = ids_t.pin_memory().to(dev, non_blocking=True)
             mask = None if mask is None else mask.pin_memory().to(dev, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(
-                dev.type, dtype=self.autocast or torch.float32,
-                enabled=self.autocast is not None):
+        cast = (torch.autocast(dev.type, dtype=self.autocast) if self.autocast is not None
+                else contextlib.nullcontext())
+        with torch.inference_mode(), cast:
             h = self._run_model(ids_t, mask).float()  # (batch, seq, dim)
             if mask is None:
                 e = h.mean(dim=1)  # no padding: a plain mean over the sequence
@@ -348,9 +351,12 @@ class Embedder:
             raise RetrodbError(f"out of memory on {self.device} embedding one sequence of "
                                f"{ids.shape[1]} tokens; use a device with more free memory")
         half = (n + 1) // 2
-        self.batch_size = half
-        self.oom_halvings += 1
-        if self.on_note is not None:
+        with self._lock:  # lanes that ran out together halve once
+            lowered = self.batch_size is None or half < self.batch_size
+            if lowered:
+                self.batch_size = half
+                self.oom_halvings += 1
+        if lowered and self.on_note is not None:
             self.on_note(f"out of memory on {self.device} with a batch of {n}: halved to "
                          f"{half} and retried (--batch-size {half} avoids this)")
         return self.embed_batch(ids, lengths)
