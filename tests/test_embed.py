@@ -48,7 +48,8 @@ def _chunk_table(db: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pa.concat_tables([pq.read_table(p) for p in sorted((db / "chunks").glob("*.parquet"))])
+    files = sorted((db / "chunks").glob("[0-9]*.parquet"))
+    return pa.concat_tables([pq.read_table(p) for p in files])
 
 
 def _all_keys(db: Path) -> np.ndarray:
@@ -304,8 +305,9 @@ def test_out_of_memory_halves_the_batch_and_retries(db, reference, monkeypatch):
     r = embed_db(db, EmbedConfig(batch_size=32, threads=1), on_note=notes.append)
     assert r.shards == ["00002.npy"]
     assert r.oom_halvings == 2  # 32 → 16 → 8, kept for the following batches
-    assert [n.split(": ", 1)[1][:43] for n in notes] == [
-        "out of memory on cpu with a batch of 32: ha", "out of memory on cpu with a batch of 16: ha"]
+    assert [n.split(": ", 1)[1][:40] for n in notes] == [
+        "out of memory on cpu with a batch of 32:",
+        "out of memory on cpu with a batch of 16:"]
     assert "halved to 8 and retried" in notes[1]
     assert _cosines(_all_keys(db), _all_keys(reference)).min() >= 0.999
 
@@ -418,3 +420,12 @@ def test_gpus_without_cuda(db):
         pytest.skip("this machine has CUDA")
     _one_line_error(_cli("embed", "--db", str(db), "--gpus", "0,1"),
                     "--gpus 0,1", "CUDA is not available", "omit --gpus")
+
+
+def test_moved_model_is_named_with_what_to_do(db, reference, tmp_path):
+    _copy_keys(reference, db)
+    cfg = json.loads((db / "retrodb.json").read_text())
+    cfg["embedder"]["path"] = str(tmp_path / "moved-away")
+    (db / "retrodb.json").write_text(json.dumps(cfg))
+    _one_line_error(_cli("embed", "--db", str(db)), "cannot be loaded", "moved-away",
+                    "--model", "--new-set")
