@@ -14,7 +14,8 @@ Speed on CPU (fp32 only; bf16 and int8 were slower or inaccurate there): every
 `nn.Linear` is routed through oneDNN with a prepacked weight when torch has it. On
 the 2-core AMD EPYC this was written on, torch's default fp32 GEMM (MKL) reached
 ~110 GFLOP/s per core and oneDNN ~250; the maths is the same fp32 matmul (checked
-against `F.linear` when the model is loaded, else the plain layer is kept).
+against the plain layer, and timed against it, when the model is loaded; the plain
+layer is kept where oneDNN is missing, different or slower).
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ def is_oom(e: BaseException) -> bool:
 def _onednn_linear(model) -> int:
     """Route every nn.Linear of `model` through oneDNN (CPU, fp32); return how many.
 
-    Each layer is checked against itself on a random input first; on any error or
-    mismatch the model is left as it was.
+    Each layer is checked against itself on a random input first, and the largest is
+    timed both ways on a batch of 64-token chunks; on any error, mismatch, or no gain
+    the model is left as it was.
     """
     import torch
     from torch import nn
@@ -187,11 +189,31 @@ def _onednn_linear(model) -> int:
                 x = torch.randn(3, 5, old.in_features)
                 if not torch.allclose(fast(x), old(x), rtol=1e-4, atol=1e-5):
                     return 0
+        if swaps:
+            big = max(range(len(swaps)), key=lambda i: swaps[i][2].weight.numel())
+            x = torch.randn(2048, swaps[big][2].in_features)
+            if _best_time(new[big], x) >= _best_time(swaps[big][2], x):
+                return 0
     except RuntimeError:
         return 0
     for (parent, name, _), fast in zip(swaps, new):
         setattr(parent, name, fast)
     return len(swaps)
+
+
+def _best_time(layer, x, repeat: int = 3) -> float:
+    import time
+
+    import torch
+
+    with torch.inference_mode():
+        layer(x)  # warm up (oneDNN picks its kernel on the first call)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            layer(x)
+            times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 @functools.lru_cache(maxsize=None)
@@ -385,16 +407,14 @@ class Embedder:
 
 def load_embedder(spec: dict, device: str = "cpu", precision: str = "auto",
                   on_note: Callable[[str], None] | None = None) -> Embedder:
-    """Load the model an `embedder` record (retrodb.json) describes, checking it is the
-    same model (weights sha256) that made the database's keys."""
-    spec = dict(spec)
-    if "weights_sha256" in spec:
-        trans, _, _ = _module_dirs(model_dir(spec), "--model")
-        if sha256_file(trans / WEIGHTS) != spec["weights_sha256"]:
-            raise RetrodbError(f"{describe(spec)}: its weights changed since the keys were "
-                               "made; restore the model or embed a new set "
-                               "(retrodb embed --new-set)")
-    return Embedder(spec, device, precision, on_note)
+    """Load the model an `embedder` record (retrodb.json) describes, checking that it is
+    still the model (weights, tokenizer, pooling) that made the database's keys."""
+    current = resolve_model(spec.get("path"))
+    if not same_model(current, spec):
+        raise RetrodbError(f"{describe(current)}: not the model the keys were made with "
+                           "(weights, tokenizer or pooling differ); restore it or embed a "
+                           "new set (retrodb embed --new-set)")
+    return Embedder({**current, **spec}, device, precision, on_note)
 
 
 def _load_transformer(trans: Path, flag: str):
