@@ -268,15 +268,18 @@ def _window_batches(chunks: Path, embedder: Embedder, first_id: int, rows: int,
         tokens = tokens_col.flatten().to_numpy(zero_copy_only=False).reshape(n, width)
         reuse = _reusable(tokens, lengths, batch.column("doc_id").to_numpy(), width,
                           continuation)
-        seqs: list[np.ndarray] = [tokens[i, :lengths[i]] if reuse[i] else None
-                                  for i in range(n)]
+        content = tokens.astype(np.int64)  # (n, width): stored ids, zero-padded
         redo = np.flatnonzero(~reuse)
-        if redo.size:
+        if redo.size:  # chunks cut inside a word, or another tokenizer: from the text
             texts = batch.column("text").take(redo).to_pylist()
-            for i, s in zip(redo, embedder.tokenize(texts)):
-                seqs[i] = s
+            ids_redo, len_redo = embedder.padded(embedder.tokenize(texts))
+            if ids_redo.shape[1] > width:
+                content = np.pad(content, ((0, 0), (0, ids_redo.shape[1] - width)))
+            content[redo] = 0
+            content[redo, :ids_redo.shape[1]] = ids_redo
+            lengths[redo] = len_redo
         stats["retokenized"] += int(redo.size)
-        for pos, padded, lens, truncated in embedder.batches(seqs, batch_size):
+        for pos, padded, lens, truncated in embedder.batches(content, lengths, batch_size):
             stats["truncated"] += truncated
             yield "batch", pos, padded, lens
         yield "window", offset, n

@@ -306,26 +306,40 @@ class Embedder:
         encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int64) for e in encs]
 
-    def batches(self, seqs: list[np.ndarray], batch_size: int
+    def padded(self, seqs: list) -> tuple[np.ndarray, np.ndarray]:
+        """Sequences as a (n, width) id matrix, cut at max_content, and true lengths."""
+        lengths = np.fromiter((len(x) for x in seqs), np.int64, count=len(seqs))
+        width = int(min(lengths.max(initial=1), self.max_content))
+        content = np.zeros((len(seqs), max(width, 1)), dtype=np.int64)
+        for i, x in enumerate(seqs):
+            x = x[:width]
+            content[i, :len(x)] = x
+        return content, lengths
+
+    def batches(self, content: np.ndarray, lengths: np.ndarray, batch_size: int
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-        """Length-sorted padded batches: (positions, ids (B, T), lengths, truncated)."""
+        """Length-sorted padded model inputs: (positions, ids (B, T), lengths, truncated).
+
+        `content` holds each sequence's ids without special tokens, left-aligned;
+        `lengths` their true lengths (longer than max_content: truncated and counted).
+        """
         pre, suf = np.asarray(self.prefix, np.int64), np.asarray(self.suffix, np.int64)
-        content = np.fromiter((len(s) for s in seqs), np.int64, count=len(seqs))
-        kept = np.minimum(content, self.max_content)
-        lengths = kept + len(pre) + len(suf)
-        order = np.argsort(-lengths, kind="stable")  # longest first: OOM shows early
+        kept = np.minimum(lengths, self.max_content)
+        total = kept + len(pre) + len(suf)
+        order = np.argsort(-total, kind="stable")  # longest first: OOM shows early
         for s in range(0, len(order), batch_size):
             pos = order[s:s + batch_size]
-            lens = lengths[pos]
-            ids = np.full((len(pos), int(lens[0])), self.pad_id, dtype=np.int64)
+            k = kept[pos]
+            width = int(k[0])
+            ids = np.full((len(pos), int(total[pos[0]])), self.pad_id, dtype=np.int64)
             ids[:, :len(pre)] = pre
-            truncated = 0
-            for row, i in enumerate(pos):
-                k = kept[i]
-                ids[row, len(pre):len(pre) + k] = seqs[i][:k]
-                ids[row, len(pre) + k:len(pre) + k + len(suf)] = suf
-                truncated += int(k < content[i])
-            yield pos, ids, lens, truncated
+            real = np.arange(width)[None, :] < k[:, None]  # (batch, width)
+            ids[:, len(pre):len(pre) + width] = np.where(real, content[pos, :width],
+                                                         self.pad_id)
+            rows = np.arange(len(pos))
+            for j, tok in enumerate(suf):
+                ids[rows, len(pre) + k + j] = tok
+            yield pos, ids, total[pos], int((lengths[pos] > k).sum())
 
     # maths -------------------------------------------------------------------------
     def _run_model(self, ids, mask):
@@ -394,9 +408,9 @@ class Embedder:
 
     def encode_ids(self, seqs: list, batch_size: int = 32) -> np.ndarray:
         """Keys of token-id sequences given without special tokens: float32 (n, dim)."""
-        seqs = [np.asarray(s, dtype=np.int64) for s in seqs]
+        content, lengths = self.padded([np.asarray(x, dtype=np.int64) for x in seqs])
         out = np.zeros((len(seqs), self.spec["dim"]), dtype=np.float32)
-        for pos, ids, lens, _ in self.batches(seqs, batch_size):
+        for pos, ids, lens, _ in self.batches(content, lengths, batch_size):
             out[pos] = self.embed_batch(ids, lens)
         return out
 

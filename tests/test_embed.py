@@ -109,22 +109,31 @@ def db(chunked, tmp_path) -> Path:
     return out
 
 
+def _model_copy(dst: Path, **edits) -> Path:
+    """The default model, its files linked, with JSON files edited: {name: fn(dict)}."""
+    from retrodb.tokenizer import default_model_dir
+
+    src = default_model_dir()
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.name.replace(".", "_") in edits:
+            data = json.loads(p.read_text())
+            edits[p.name.replace(".", "_")](data)
+            (dst / p.name).write_text(json.dumps(data))
+        else:
+            (dst / p.name).symlink_to(p)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def other_tokenizer_model(tmp_path_factory) -> Path:
     """The default model with a tokenizer.json that tokenises the same but is another
     file (padding/truncation settings dropped): a model whose tokenizer differs."""
-    from retrodb.tokenizer import default_model_dir
+    def drop_settings(tok):
+        tok["padding"] = tok["truncation"] = None
 
-    src = default_model_dir()
-    dst = tmp_path_factory.mktemp("models") / "minilm-copy"
-    dst.mkdir()
-    for p in src.iterdir():
-        if p.name != "tokenizer.json":
-            (dst / p.name).symlink_to(p)
-    tok = json.loads((src / "tokenizer.json").read_text())
-    tok["padding"] = tok["truncation"] = None
-    (dst / "tokenizer.json").write_text(json.dumps(tok))
-    return dst
+    return _model_copy(tmp_path_factory.mktemp("models") / "minilm-copy",
+                       tokenizer_json=drop_settings)
 
 
 # --------------------------------------------------------------------------------------
@@ -146,6 +155,23 @@ def test_keys_equal_sentence_transformers(reference, embedder):
     q = embedder.encode_texts(texts[:40], batch_size=16)
     assert q.dtype == np.float32 and q.shape == (40, 384)
     assert _cosines(q, ref[:40]).min() >= 0.999
+
+
+def test_long_chunks_are_truncated_counted_and_match_sentence_transformers(db, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    short = _model_copy(tmp_path / "minilm-32",
+                        sentence_bert_config_json=lambda c: c.update(max_seq_length=32))
+    r = embed_db(db, EmbedConfig(model=str(short)))
+    lengths = _chunk_table(db).column("length").to_numpy()
+    stats = json.loads((db / "embeddings" / "manifest.json").read_text())["shards"]
+    assert r.truncated == sum(e["truncated"] for e in stats) > 0
+    # a chunk re-tokenised from its text may have a token more or less than stored
+    assert abs(r.truncated - int((lengths > 30).sum())) <= r.retokenized
+    assert json.loads((db / "retrodb.json").read_text())["embedder"]["max_seq_length"] == 32
+    texts = _chunk_table(db).column("text").to_pylist()
+    ref = SentenceTransformer(str(short), device="cpu").encode(texts)
+    assert _cosines(_all_keys(db), ref).min() >= 0.999
 
 
 def test_shards_align_with_chunk_ids(reference, embedder):
