@@ -354,9 +354,9 @@ class Embedder:
         full = bool((lengths == ids.shape[1]).all())
         mask = None if full else torch.from_numpy(
             (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64))
-        if dev.type == "cuda":
-            ids_t = ids_t.pin_memory().to(dev, non_blocking=True)
-            mask = None if mask is None else mask.pin_memory().to(dev, non_blocking=True)
+        if dev.type != "cpu":  # a batch of ids is ~0.5 MB: a plain copy is cheap
+            ids_t = ids_t.to(dev)
+            mask = None if mask is None else mask.to(dev)
         cast = (torch.autocast(dev.type, dtype=self.autocast) if self.autocast is not None
                 else contextlib.nullcontext())
         with torch.inference_mode(), cast:
