@@ -186,8 +186,8 @@ def main() -> None:
         f"| chunks/s inside shards (no model load), 1 worker | "
         f"{statistics.median(inner['ours, 1 worker']):,.0f} | {med['baseline']:,.0f} | "
         f"{statistics.median(inner['ours, 1 worker']) / med['baseline']:.2f}× |",
-        f"| cosine of our float16 keys to the baseline's: min / mean | {cos.min():.6f} / "
-        f"{cos.mean():.6f} | | |",
+        f"| cosine of our float16 keys to the baseline's: min / mean | {cos.min():.7f} / "
+        f"{cos.mean():.7f} | | |",
         f"| padding waste; chunks re-tokenised from text | "
         f"{100 * one.padding_waste:.1f}%; {one.retokenized / one.chunks:.0%} | | |",
         "",
