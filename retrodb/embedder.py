@@ -14,8 +14,8 @@ Speed on CPU (fp32 only; bf16 and int8 were slower or inaccurate there): every
 `nn.Linear` is routed through oneDNN with a prepacked weight when torch has it. On
 the 2-core AMD EPYC this was written on, torch's default fp32 GEMM (MKL) reached
 ~110 GFLOP/s per core and oneDNN ~250; the maths is the same fp32 matmul (checked
-against the plain layer, and timed against it, when the model is loaded; the plain
-layer is kept where oneDNN is missing, different or slower).
+against the plain layer when the model is loaded; the plain layer is kept where
+oneDNN is missing or differs).
 """
 
 from __future__ import annotations
@@ -170,9 +170,9 @@ def is_oom(e: BaseException) -> bool:
 def _onednn_linear(model) -> int:
     """Route every nn.Linear of `model` through oneDNN (CPU, fp32); return how many.
 
-    Each layer is checked against itself on a random input first, and the largest is
-    timed both ways on a batch of 64-token chunks; on any error, mismatch, or no gain
-    the model is left as it was.
+    Each layer is checked against itself on a random input first; on any error or
+    mismatch the model is left as it was. The choice is not timed: a timing would
+    make the keys' last bits depend on the machine's load at start-up.
     """
     import torch
     from torch import nn
@@ -189,31 +189,11 @@ def _onednn_linear(model) -> int:
                 x = torch.randn(3, 5, old.in_features)
                 if not torch.allclose(fast(x), old(x), rtol=1e-4, atol=1e-5):
                     return 0
-        if swaps:
-            big = max(range(len(swaps)), key=lambda i: swaps[i][2].weight.numel())
-            x = torch.randn(2048, swaps[big][2].in_features)
-            if _best_time(new[big], x) >= _best_time(swaps[big][2], x):
-                return 0
     except RuntimeError:
         return 0
     for (parent, name, _), fast in zip(swaps, new):
         setattr(parent, name, fast)
     return len(swaps)
-
-
-def _best_time(layer, x, repeat: int = 3) -> float:
-    import time
-
-    import torch
-
-    with torch.inference_mode():
-        layer(x)  # warm up (oneDNN picks its kernel on the first call)
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            layer(x)
-            times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 @functools.lru_cache(maxsize=None)
