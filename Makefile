@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEMO_DB ?= demo-db
 CORPUS_CACHE ?= .cache/corpus
 
-.PHONY: install test demo corpus bench clean
+.PHONY: install test demo corpus bench bench-embed clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ demo: install corpus
 bench: install corpus
 	$(BIN)/python benchmarks/bench_chunk.py --corpus "$$(cat $(CORPUS_CACHE)/PATH)" --copies 2
 	$(BIN)/python benchmarks/report.py
+
+# embed vs SentenceTransformer.encode on the same chunks (committed slice, 3 copies)
+bench-embed: install
+	$(BIN)/python benchmarks/bench_embed.py --copies 3 --rounds 3
 
 clean:
 	rm -rf $(DEMO_DB) .pytest_cache

@@ -38,6 +38,10 @@ def info_cli(
                            ("bad_lines", "bad lines skipped")):
             if s.get(key):
                 notes.append(f"{s[key]} {label}")
+        if s.get("pending_shards"):
+            notes.append(f"{s['pending_shards']} chunk shards not embedded yet")
+        if s.get("dim"):
+            notes.insert(0, f"{info['embedder']['name']}, {s['dim']}-d float16")
         if "inputs" in s:
             notes.insert(0, f"{s['inputs']} inputs")
         table.add_row(name, str(s["shards"]), human_count(s["rows"]),

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from . import chunk, info, plan, verify
+from . import chunk, embed, info, plan, verify
 
 app = typer.Typer(
     name="retrodb",
     help="Build and query the retrieval database of a RETRO model.\n\n"
-         "Example: retrodb chunk corpus/ --db mydb && retrodb info mydb",
+         "Example: retrodb chunk corpus/ --db mydb && retrodb embed --db mydb && "
+         "retrodb info mydb",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("chunk")(chunk.chunk_cli)
+app.command("embed")(embed.embed_cli)
 app.command("info")(info.info_cli)
 app.command("plan")(plan.plan_cli)
 app.command("verify")(verify.verify_cli)

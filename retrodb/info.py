@@ -38,6 +38,16 @@ def db_info(path: str | Path) -> dict[str, Any]:
         "bad_lines": sum(r["bad_lines"] for r in inputs),
         "interrupted": chunks.data.get("cursor") is not None,
     }
+    if db.embeddings_dir.is_dir():
+        emb = Manifest(db.embeddings_dir, "embeddings")
+        done = {e["shard"] for e in emb.shards}
+        stages["embeddings"] = {
+            "shards": len(emb.shards),
+            "rows": emb.rows,
+            "bytes": _disk_bytes(db.embeddings_dir),
+            "dim": (cfg.get("embedder") or {}).get("dim"),
+            "pending_shards": sum(1 for e in chunks.shards if e["shard"] not in done),
+        }
     return {"path": str(db.root), "format": cfg["format"],
             "tokenizer": cfg["tokenizer"]["name"], "chunk_size": cfg["chunk_size"],
             "token_dtype": cfg["token_dtype"], "embedder": cfg.get("embedder"),
