@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import chunk, info, plan, verify
+from . import chunk, index, info, plan, query, verify
 
 app = typer.Typer(
     name="retrodb",
@@ -16,6 +16,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("chunk")(chunk.chunk_cli)
+app.add_typer(index.app, name="index")
+app.command("query")(query.query_cli)
 app.command("info")(info.info_cli)
 app.command("plan")(plan.plan_cli)
 app.command("verify")(verify.verify_cli)
