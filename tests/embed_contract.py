@@ -75,3 +75,32 @@ def fill_embeddings(db_path: str | Path) -> int:
         tasks, _ = pending_tasks(src, dst, ".npy")
         run_shard_stage(tasks, _embed_shard(db.chunks_dir), dst, InProcessExecutor())
     return len(tasks)
+
+
+def fake_embeddings(db_path: str | Path, dim: int = 32, normalize: bool = True,
+                    seed: int = 0, shards: list[int] | None = None) -> None:
+    """Random clustered keys in the contract's layout (fast; for non-semantic tests).
+
+    Row i is a function of chunk id i only, so appending shards is consistent.
+    """
+    db = Database(db_path)
+    db.update_config(embedder={**spec(), "name": f"fake-{dim}", "dim": dim,
+                               "normalize": normalize})
+    src = Manifest(db.chunks_dir, "chunks")
+    centres = np.random.default_rng(seed).standard_normal((16, dim))
+
+    def fn(task: ShardTask, tmp: Path) -> dict:
+        ids = task.source["first_id"] + np.arange(task.source["rows"])
+        x = np.stack([centres[i % 16] + 0.5 * np.random.default_rng([seed, int(i)])
+                      .standard_normal(dim) for i in ids])
+        if normalize:
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+        with open(tmp, "wb") as f:
+            np.save(f, x.astype(np.float16))
+        return {"rows": len(ids), "dim": dim}
+
+    with stage_lock(db.embeddings_dir, "embeddings"):
+        dst = Manifest(db.embeddings_dir, "embeddings")
+        tasks, _ = pending_tasks(src, dst, ".npy")
+        tasks = [t for t in tasks if shards is None or t.shard in shards]
+        run_shard_stage(tasks, fn, dst, InProcessExecutor())
