@@ -6,5 +6,11 @@ db=${1:-demo-db}
 corpus=${2:-examples/corpus}
 echo "== retrodb chunk ($corpus -> $db)"
 retrodb chunk "$corpus" --db "$db" --shard-size 10000 --workers 2
+if [ -f "$db/embeddings/manifest.json" ]; then
+    echo "== retrodb index (train, add parts in parallel, merge on disk, measure recall)"
+    retrodb index --db "$db" --workers 2
+    echo "== retrodb query"
+    retrodb query "$db" "How do I define a class with a custom constructor?" -k 2
+fi
 echo "== retrodb info"
 retrodb info "$db"
