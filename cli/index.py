@@ -25,6 +25,8 @@ FACTORY_HELP = ("A faiss index_factory string with an IVF layer, e.g. "
                 "number of vectors and --memory-budget).")
 BUDGET_HELP = ("Size the index may take (autofaiss's max_index_memory_usage); also caps "
                "the float32 training sample.")
+CODE_HELP = ("Largest PQ code per vector when autofaiss chooses (candidates are re-ranked "
+             "with the exact keys, so larger codes buy little).")
 TRAIN_HELP = "Training sample size (default: 100 per list, at least 256 per PQ centroid)."
 WORKERS_HELP = "Processes adding parts in parallel."
 TARGET_HELP = "recall@10 the chosen operating point must reach."
@@ -35,7 +37,7 @@ QUERIES_HELP = "Chunks sampled as queries to measure recall against exact search
 
 def _config(factory=None, memory_budget="8G", train_size=None, workers=1, executor="local",
             ray_address=None, target_recall=0.9, candidates="0,40,100,250",
-            recall_queries=1000, seed=0):
+            recall_queries=1000, seed=0, max_code_bytes=64):
     from retrodb.errors import RetrodbError
     from retrodb.index import IndexConfig
 
@@ -47,7 +49,8 @@ def _config(factory=None, memory_budget="8G", train_size=None, workers=1, execut
     return IndexConfig(factory=factory, memory_budget=memory_budget, train_size=train_size,
                        workers=workers, executor=executor, ray_address=ray_address,
                        target_recall=target_recall, candidates=cands,
-                       recall_queries=recall_queries, seed=seed)
+                       recall_queries=recall_queries, seed=seed,
+                       max_code_bytes=max_code_bytes)
 
 
 @app.callback()
@@ -57,6 +60,7 @@ def index_cli(
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
     factory: Optional[str] = typer.Option(None, help=FACTORY_HELP),
     memory_budget: str = typer.Option("8G", help=BUDGET_HELP),
+    max_code_bytes: int = typer.Option(64, help=CODE_HELP),
     train_size: Optional[int] = typer.Option(None, help=TRAIN_HELP),
     workers: int = typer.Option(1, help=WORKERS_HELP),
     executor: str = typer.Option("local", help="'local' processes, or 'ray' tasks."),
@@ -82,7 +86,7 @@ def index_cli(
     if db is None:
         raise RetrodbError("--db: give the database directory, e.g. retrodb index --db mydb")
     cfg = _config(factory, memory_budget, train_size, workers, executor, ray_address,
-                  target_recall, candidates, recall_queries, seed)
+                  target_recall, candidates, recall_queries, seed, max_code_bytes)
     with IndexProgress() as bar:
         result = build_index(db, cfg, on_progress=bar.update)
     report(result, json_out)
@@ -94,6 +98,7 @@ def train_cli(
     db: Path = typer.Option(..., "--db", help=DB_HELP),
     factory: Optional[str] = typer.Option(None, help=FACTORY_HELP),
     memory_budget: str = typer.Option("8G", help=BUDGET_HELP),
+    max_code_bytes: int = typer.Option(64, help=CODE_HELP),
     train_size: Optional[int] = typer.Option(None, help=TRAIN_HELP),
     seed: int = typer.Option(0, help="Seed of the training sample."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -104,7 +109,8 @@ def train_cli(
     """
     from retrodb.index import train_index
 
-    cfg = _config(factory, memory_budget, train_size, seed=seed)
+    cfg = _config(factory, memory_budget, train_size, seed=seed,
+                  max_code_bytes=max_code_bytes)
     with IndexProgress() as bar:
         result = train_index(db, cfg, on_progress=bar.update)
     report(result, json_out)

@@ -45,9 +45,10 @@ def query_cli(
     if not hits:
         out.print("no hits (the index is empty)")
     for rank, h in enumerate(hits, 1):
-        out.rule(f"#{rank}  score {h.score:.3f}  ·  chunk {h.chunk_id}  ·  doc {h.doc_id} "
-                 f"(chunk {h.pos})  ·  {h.source}:{h.position}", align="left",
-                 style="dim")
+        out.rule(f"#{rank}  score {h.score:.3f}  ·  chunk {h.chunk_id}  ·  doc {h.doc_id}, "
+                 f"chunk {h.pos} of it", align="left", style="dim")
+        out.print(f"{h.source}:{h.position}", style="dim", markup=False, highlight=False,
+                  soft_wrap=True)
         out.print(h.text.strip(), highlight=False, markup=False)
         if h.continuation is not None:
             out.print(f"[dim]↳ continuation (chunk {h.continuation_id}):[/]")

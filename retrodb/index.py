@@ -70,6 +70,11 @@ class IndexConfig:
     # (its lists are memory-mapped, so this is page cache, not a hard RAM cap); also
     # caps the training sample (float32, held in RAM by faiss's k-means).
     memory_budget: str = "8G"
+    # --max-code-bytes: cap on the PQ code per vector when autofaiss chooses. Candidates
+    # are re-ranked with the exact keys, so codes only need to rank them well enough;
+    # 64 B is Megatron's PQ64 at 19B chunks. Without the cap an 8G budget on a small
+    # database picks PQ256 codes whose OPQ training takes tens of minutes on 2 cores.
+    max_code_bytes: int = 64
     # --train-size: vectors in the training sample. None = min(all, 100 per centroid
     # (autofaiss's points per cluster), at least 256 per PQ centroid).
     train_size: int | None = None
@@ -97,6 +102,9 @@ class IndexConfig:
     def validate(self) -> None:
         self.executor_spec.validate()
         _budget_bytes(self.memory_budget)
+        if self.max_code_bytes < 4:
+            raise RetrodbError(f"--max-code-bytes {self.max_code_bytes}: at least 4 "
+                               "(autofaiss's smallest code, PQ4)")
         if self.train_size is not None and self.train_size <= 0:
             raise RetrodbError(f"--train-size {self.train_size}: must be positive")
         if not 0 < self.target_recall <= 1:
@@ -227,20 +235,24 @@ def min_train_points(info: dict) -> int:
 # Choosing and building the empty index
 
 
-def choose_factory(n: int, dim: int, budget: str) -> tuple[str, str]:
+def choose_factory(n: int, dim: int, budget: str, max_code_bytes: int = 64
+                   ) -> tuple[str, str]:
     """(factory string, how it was chosen) for `n` vectors of `dim` under `budget`.
 
     autofaiss's `get_optimal_index_keys_v2` with `should_be_memory_mappable` (an IVF:
     the lists are what retrodb merges on disk) and quantization forced
     (`ivf_flat_threshold=0`): IVF-Flat would store the float32 vectors again, and the
-    exact vectors are already on disk as float16 for re-ranking. autofaiss only picks
-    parameters here; faiss builds the index (autofaiss's own builder breaks on
-    faiss ≥ 1.14.2, see DESIGN.md).
+    exact vectors are already on disk as float16 for re-ranking. The budget it gets is
+    at most `max_code_bytes` + 8 (the id) per vector: autofaiss then proposes the
+    largest PQ code under that. autofaiss only picks parameters here; faiss builds the
+    index (autofaiss's own builder breaks on faiss ≥ 1.14.2, see DESIGN.md).
     """
     from autofaiss.external.optimize import get_optimal_index_keys_v2
 
     budget_b = _budget_bytes(budget)
-    keys = get_optimal_index_keys_v2(n, dim, f"{budget_b}B", should_be_memory_mappable=True,
+    # 1% slack: autofaiss compares compression ratios, and equality must pass
+    capped = min(budget_b, int(n * (max_code_bytes + 8) * 1.01))
+    keys = get_optimal_index_keys_v2(n, dim, f"{capped}B", should_be_memory_mappable=True,
                                      ivf_flat_threshold=0)
     if not keys:
         smallest = 4 + 8  # autofaiss's smallest candidate: PQ4 codes + 8-byte ids
@@ -249,7 +261,8 @@ def choose_factory(n: int, dim: int, budget: str) -> tuple[str, str]:
             f"most compressed index autofaiss proposes needs ~{smallest} B/vector "
             f"(~{smallest * n / 2**30:.1f} GiB); raise --memory-budget or give --factory")
     key = keys[0]
-    how = f"autofaiss get_optimal_index_keys_v2({n}, {dim}, {budget})"
+    how = f"autofaiss get_optimal_index_keys_v2({n}, {dim}, {budget}" + \
+        (f", codes ≤ {max_code_bytes} B)" if capped < budget_b else ")")
     # autofaiss sizes lists by √n but does not check the training sample; keep
     # 39 points per list so that faiss's k-means is well posed.
     m = re.search(r"IVF(\d+)", key)
@@ -382,7 +395,8 @@ def _train(db: Database, store: EmbeddingStore, cfg: IndexConfig, result: IndexR
     if cfg.factory is not None:
         factory, chosen_by = cfg.factory, "--factory"
     else:
-        factory, chosen_by = choose_factory(store.n, store.dim, cfg.memory_budget)
+        factory, chosen_by = choose_factory(store.n, store.dim, cfg.memory_budget,
+                                            cfg.max_code_bytes)
     index = make_index(factory, store.dim)
     info = describe(index)
     need = min_train_points(info)
@@ -762,12 +776,16 @@ class IndexSearcher:
 
 
 def rerank(store: EmbeddingStore, xq: np.ndarray, cand: np.ndarray, k: int,
-           block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Top `k` of each row of candidate ids `cand` by exact inner product with `xq`."""
+           floats: int = 1 << 23) -> tuple[np.ndarray, np.ndarray]:
+    """Top `k` of each row of candidate ids `cand` by exact inner product with `xq`.
+
+    Queries go in blocks whose gathered keys (block × candidates × dim float32) stay
+    under `floats` (32 MB)."""
     n, c = cand.shape
     scores = np.full((n, k), -np.inf, dtype=np.float32)
     ids = np.full((n, k), -1, dtype=np.int64)
-    for lo in range(0, n, block):  # bounds the gathered vectors: block × c × dim
+    block = max(1, floats // max(1, c * store.dim))
+    for lo in range(0, n, block):
         ci = cand[lo:lo + block]
         valid = ci >= 0
         vecs = np.zeros(ci.shape + (store.dim,), dtype=np.float32)

@@ -173,10 +173,12 @@ def test_autofaiss_choice_for_vector_counts():
     assert choose_factory(874, 384, "8G")[0] == "IVF1,Flat"
     key, how = choose_factory(5_000, 384, "8G")
     assert key == "IVF128,Flat" and "lowered" in how  # 39 × 128 ≤ 5000
-    key, _ = choose_factory(51_000, 384, "8G")
-    assert key.startswith("OPQ") and "IVF1024" in key and key.endswith("x8")
-    key, _ = choose_factory(51_000, 384, "10M")  # ~200 B/vector allowed
-    assert "PQ128x8" in key or "PQ64x8" in key
+    key, how = choose_factory(51_000, 384, "8G")  # codes capped at 64 B (re-ranked)
+    assert key == "OPQ64_448,IVF1024_HNSW32,PQ64x8" and "codes ≤ 64 B" in how
+    key, _ = choose_factory(51_000, 384, "8G", max_code_bytes=256)  # autofaiss alone
+    assert key == "OPQ256_512,IVF1024_HNSW32,PQ256x8"
+    key, _ = choose_factory(51_000, 384, "1500K")  # ~30 B/vector: the budget decides
+    assert key.endswith(",PQ16x8")
     with pytest.raises(RetrodbError, match="--memory-budget 1M: too small for 10,000,000"):
         choose_factory(10_000_000, 384, "1M")
 
