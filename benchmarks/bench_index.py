@@ -120,7 +120,7 @@ def main() -> None:
         lists_b = mg["ivfdata"]["bytes"] / n
         fixed_b = mg["bytes"]
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        worker_rss = max(e["worker_peak_rss_mb"] or 0 for e in m.shards)
 
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
                f"{platform.python_version()}, faiss {faiss.__version__}, "
@@ -164,7 +164,8 @@ def main() -> None:
         f"nprobe {chosen['nprobe']}, {chosen['candidates']} candidates, recall@10 "
         f"{chosen['recall@10']:.3f} on the sweep's own {rec['queries']} queries. "
         f"Peak RSS: this process {rss:.0f} MB (holds the baselines' float32 array), "
-        f"largest add worker {child_rss:.0f} MB.",
+        f"largest add worker {worker_rss:.0f} MB (its whole process: Python, faiss, "
+        f"the trained index, one shard).",
         "",
     ]
     text = "\n".join(lines)

@@ -499,7 +499,21 @@ class _AddShard:
         n = int(index.ntotal)
         index.reset()
         return {"rows": n, "trained_sha256": self.trained_sha256,
-                "seconds": round(time.time() - t0, 3)}
+                "seconds": round(time.time() - t0, 3),
+                "worker_peak_rss_mb": _peak_rss_mb()}  # of the process that added it
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, a spawned worker's
+    does not include the parent's memory at fork time)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return None
 
 
 def add_parts(db_path: str | Path, cfg: IndexConfig = IndexConfig(),
