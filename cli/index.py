@@ -32,12 +32,13 @@ WORKERS_HELP = "Processes adding parts in parallel."
 TARGET_HELP = "recall@10 the chosen operating point must reach."
 CAND_HELP = ("Candidate-list lengths to try, re-ranked with the exact keys (0 = PQ "
              "ranking alone), comma-separated.")
+NPROBE_HELP = "Largest nprobe the recall sweep tries."
 QUERIES_HELP = "Chunks sampled as queries to measure recall against exact search."
 
 
 def _config(factory=None, memory_budget="8G", train_size=None, workers=1, executor="local",
             ray_address=None, target_recall=0.9, candidates="0,40,100,250",
-            recall_queries=1000, seed=0, max_code_bytes=64):
+            recall_queries=1000, seed=0, max_code_bytes=64, max_nprobe=4096):
     from retrodb.errors import RetrodbError
     from retrodb.index import IndexConfig
 
@@ -50,7 +51,7 @@ def _config(factory=None, memory_budget="8G", train_size=None, workers=1, execut
                        workers=workers, executor=executor, ray_address=ray_address,
                        target_recall=target_recall, candidates=cands,
                        recall_queries=recall_queries, seed=seed,
-                       max_code_bytes=max_code_bytes)
+                       max_code_bytes=max_code_bytes, max_nprobe=max_nprobe)
 
 
 @app.callback()
@@ -68,6 +69,7 @@ def index_cli(
     target_recall: float = typer.Option(0.9, help=TARGET_HELP),
     candidates: str = typer.Option("0,40,100,250", help=CAND_HELP),
     recall_queries: int = typer.Option(1000, help=QUERIES_HELP),
+    max_nprobe: int = typer.Option(4096, help=NPROBE_HELP),
     seed: int = typer.Option(0, help="Seed of the training sample and recall queries."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
@@ -86,7 +88,8 @@ def index_cli(
     if db is None:
         raise RetrodbError("--db: give the database directory, e.g. retrodb index --db mydb")
     cfg = _config(factory, memory_budget, train_size, workers, executor, ray_address,
-                  target_recall, candidates, recall_queries, seed, max_code_bytes)
+                  target_recall, candidates, recall_queries, seed, max_code_bytes,
+                  max_nprobe)
     with IndexProgress() as bar:
         result = build_index(db, cfg, on_progress=bar.update)
     report(result, json_out)
@@ -144,6 +147,7 @@ def merge_cli(
     target_recall: float = typer.Option(0.9, help=TARGET_HELP),
     candidates: str = typer.Option("0,40,100,250", help=CAND_HELP),
     recall_queries: int = typer.Option(1000, help=QUERIES_HELP),
+    max_nprobe: int = typer.Option(4096, help=NPROBE_HELP),
     seed: int = typer.Option(0, help="Seed of the recall queries."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
@@ -154,7 +158,7 @@ def merge_cli(
     from retrodb.index import merge_index
 
     cfg = _config(target_recall=target_recall, candidates=candidates,
-                  recall_queries=recall_queries, seed=seed)
+                  recall_queries=recall_queries, seed=seed, max_nprobe=max_nprobe)
     with IndexProgress() as bar:
         result = merge_index(db, cfg, on_progress=bar.update)
     report(result, json_out)

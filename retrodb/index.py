@@ -91,6 +91,9 @@ class IndexConfig:
     # costs queries × all vectors × dim, streamed once per merge.
     recall_queries: int = 1000
     k: int = 10  # recall@k is measured for this k (and for k = 1)
+    # --max-nprobe: the sweep stops here (Megatron's RETRO index searched at 4096); it
+    # also stops for a candidate count once doubling nprobe gains < 0.001 recall.
+    max_nprobe: int = 4096
     seed: int = 0  # --seed: the training sample and the recall queries
     # vectors per faiss add()/search() call: bounds the float32 copy of float16 rows
     batch: int = 1 << 16
@@ -116,6 +119,8 @@ class IndexConfig:
             raise RetrodbError(f"--candidates: every count must be 0 or at least k={self.k}")
         if self.recall_queries <= 0:
             raise RetrodbError(f"--recall-queries {self.recall_queries}: must be positive")
+        if self.max_nprobe <= 0:
+            raise RetrodbError(f"--max-nprobe {self.max_nprobe}: must be positive")
         if self.batch <= 0:
             raise RetrodbError(f"batch {self.batch}: must be positive")
 
@@ -643,7 +648,7 @@ def _merge(db: Database, store: EmbeddingStore, cfg: IndexConfig, result: IndexR
 def _recall_settings(cfg: IndexConfig, merged: dict) -> dict:
     return {"merged": merged["file"], "k": cfg.k, "queries": cfg.recall_queries,
             "seed": cfg.seed, "target": cfg.target_recall,
-            "candidates": list(cfg.candidates)}
+            "candidates": list(cfg.candidates), "max_nprobe": cfg.max_nprobe}
 
 
 def _merged_ok(m: Manifest, merged: dict) -> bool:
@@ -882,10 +887,12 @@ def measure_recall(db: Database, store: EmbeddingStore, cfg: IndexConfig,
     nlist = searcher.trained["nlist"]
     sweep = []
     reached: dict[int, dict] = {}
-    probes = nprobe_sweep(nlist)
+    last: dict[int, float] = {}
+    done: set[int] = set()  # candidate counts that reached the target or plateaued
+    probes = [p for p in nprobe_sweep(nlist) if p <= cfg.max_nprobe] or [1]
     for step, nprobe in enumerate(probes):
         for c in cfg.candidates:
-            if c in reached:
+            if c in done:
                 continue
             searcher.search(xq[:8], k, nprobe, c)  # warm the mapped pages a little
             t = time.perf_counter()
@@ -896,11 +903,16 @@ def measure_recall(db: Database, store: EmbeddingStore, cfg: IndexConfig,
                      f"recall@{k}": round(recall_at(store, xq, I, gt_d, k), 4),
                      "ms_per_query": round(ms, 4)}
             sweep.append(point)
-            if point[f"recall@{k}"] >= cfg.target_recall:
+            r = point[f"recall@{k}"]
+            if r >= cfg.target_recall:
                 reached[c] = point
+                done.add(c)
+            elif c in last and r - last[c] < 1e-3:
+                done.add(c)  # plateau: more lists do not help this candidate count
+            last[c] = r
         if on_progress:
             on_progress(Progress("recall", step + 1, len(probes), "nprobe"))
-        if len(reached) == len(cfg.candidates):
+        if len(done) == len(cfg.candidates):
             break
     if reached:  # deterministic: timings only inform, they do not choose
         chosen = min(reached.values(), key=lambda p: (p["nprobe"], p["candidates"]))
