@@ -44,7 +44,24 @@ def info_cli(
             notes.insert(0, f"{info['embedder']['name']}, {s['dim']}-d float16")
         if "inputs" in s:
             notes.insert(0, f"{s['inputs']} inputs")
+        if name == "index":
+            notes.extend(_index_notes(s))
         table.add_row(name, str(s["shards"]), human_count(s["rows"]),
                       human_count(s["tokens"]) if "tokens" in s else "",
                       human_bytes(s["bytes"]), ", ".join(notes))
     out.print(table)
+
+
+def _index_notes(s: dict) -> list[str]:
+    """The index row: factory, the chosen operating point and its measured recall."""
+    notes = [s["factory"] or "not trained"]
+    if not s.get("merged"):
+        return notes + ["not merged: run `retrodb index` to finish"]
+    if "nprobe" not in s:
+        return notes + ["recall not measured: run `retrodb index merge`"]
+    rerank = f", {s['candidates']} candidates re-ranked" if s["candidates"] else ""
+    notes.append(f"nprobe {s['nprobe']}{rerank}")
+    mark = "" if s["reached"] else f" [yellow](below target {s['target']})[/]"
+    notes.append(f"recall@{s['k']} {s['recall']:.3f}{mark}, {s['ms_per_query']:.2f} ms/query")
+    notes.append(f"lists {s['bytes_per_vector']:.0f} B/vector + {human_bytes(s['fixed_bytes'])} fixed")
+    return notes

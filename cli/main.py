@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import chunk, embed, info, plan, verify
+from . import chunk, embed, index, info, plan, query, verify
 
 app = typer.Typer(
     name="retrodb",
@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 app.command("chunk")(chunk.chunk_cli)
 app.command("embed")(embed.embed_cli)
+app.add_typer(index.app, name="index")
+app.command("query")(query.query_cli)
 app.command("info")(info.info_cli)
 app.command("plan")(plan.plan_cli)
 app.command("verify")(verify.verify_cli)

@@ -8,5 +8,9 @@ echo "== retrodb chunk ($corpus -> $db)"
 retrodb chunk "$corpus" --db "$db" --shard-size 10000 --workers 2
 echo "== retrodb embed ($db, all-MiniLM-L6-v2 on the CPU: minutes for the full corpus)"
 retrodb embed --db "$db"
+echo "== retrodb index (train, add parts in parallel, merge on disk, measure recall)"
+retrodb index --db "$db" --workers 2
+echo "== retrodb query"
+retrodb query "$db" "How do I define a class with a custom constructor?" -k 2
 echo "== retrodb info"
 retrodb info "$db"

@@ -48,6 +48,12 @@ def db_info(path: str | Path) -> dict[str, Any]:
             "dim": (cfg.get("embedder") or {}).get("dim"),
             "pending_shards": sum(1 for e in chunks.shards if e["shard"] not in done),
         }
+    from .index import index_summary
+
+    idx = index_summary(db.root)
+    if idx is not None:
+        stages["index"] = {"shards": idx["parts"], "rows": idx["vectors"],
+                           "bytes": _disk_bytes(db.index_dir), **idx}
     return {"path": str(db.root), "format": cfg["format"],
             "tokenizer": cfg["tokenizer"]["name"], "chunk_size": cfg["chunk_size"],
             "token_dtype": cfg["token_dtype"], "embedder": cfg.get("embedder"),

@@ -23,3 +23,6 @@ def corpus() -> Path:
 @pytest.fixture(scope="session")
 def corpus_files() -> list[Path]:
     return sorted(CORPUS.rglob("*.rst.txt"))
+
+# Databases shared by the index and query tests (session-scoped: built once).
+from index_fixtures import chunked_db, embedded_db, fake_db, indexed_db  # noqa: E402,F401
