@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import chunk, info, plan, verify
+from . import chunk, eval, info, plan, train, verify
 
 app = typer.Typer(
     name="retrodb",
@@ -19,6 +19,8 @@ app.command("chunk")(chunk.chunk_cli)
 app.command("info")(info.info_cli)
 app.command("plan")(plan.plan_cli)
 app.command("verify")(verify.verify_cli)
+app.command("train")(train.train_cli)
+app.command("eval")(eval.eval_cli)
 
 
 def main() -> None:

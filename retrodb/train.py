@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -309,7 +309,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def _retrofit(model, db_path, source: str) -> None:
     """Load a baseline decoder's weights, freeze them; only CCA and encoder train."""
-    from .checkpoint import latest_checkpoint, load_weights
+    from .checkpoint import latest_checkpoint
 
     p = Path(source)
     ckpt = p if (p / "model.safetensors").is_file() else latest_checkpoint(

@@ -132,3 +132,56 @@ def test_sequences_mask_padding_and_filter_neighbours(db):
     assert not ((nb_docs == q_docs) & (b.neighbour_ids >= 0)).any()
     assert not split.is_validation(nb_docs).any()  # no validation text in training
     assert not b.neighbour_mask[b.neighbour_ids < 0].any()
+
+
+def test_eval_reports_bpb_with_without_and_filtered_retrieval(db):
+    import math
+
+    from retrodb.evaluate import evaluate_run
+
+    train(db, replace(TINY, run="ev", steps=4))
+    r = evaluate_run(db, "ev", max_sequences=6)
+    assert r["step"] == 4 and r["validation_docs"] >= 1
+    for key in ("retrieval", "no_retrieval", "leakage_filtered"):
+        e = r[key]
+        assert e["sequences"] == 6 and e["tokens"] > 0 and math.isfinite(e["bpb"])
+    # a BERT WordPiece token of English/Python text covers ~3.5 bytes
+    ratio = r["retrieval"]["bpb"] / (r["retrieval"]["loss"] / math.log(2))
+    assert 0.2 < ratio < 0.4
+    assert r["retrieval"]["loss"] != r["no_retrieval"]["loss"]  # neighbours are used
+    train(db, replace(TINY, run="ev-base", steps=2, retrieval=False))
+    base = evaluate_run(db, "ev-base", max_sequences=2)
+    assert set(base) >= {"no_retrieval"} and "retrieval" not in base
+
+
+def test_retrofit_trains_only_cca_and_encoder(db):
+    from safetensors.torch import load_file
+
+    train(db, replace(TINY, run="rf-base", steps=2, retrieval=False))
+    train(db, replace(TINY, run="rf", steps=2, retrofit="rf-base"))
+    base = load_file(str(db / "models/rf-base/checkpoints/step-000002/model.safetensors"))
+    rf = load_file(str(db / "models/rf/checkpoints/step-000002/model.safetensors"))
+    for k, v in base.items():
+        assert torch.equal(rf[k], v), f"{k} of the frozen decoder changed"
+    assert any(k.startswith("encoder.") for k in rf)
+    with pytest.raises(RetrodbError, match="--retrofit"):
+        train(db, replace(TINY, run="rf2", steps=1, retrofit="rf"))
+
+
+def test_cli_train_and_eval(db):
+    from typer.testing import CliRunner
+
+    from retrodb.cli.main import app
+
+    r = CliRunner().invoke(app, ["train", "--db", str(db), "--run", "cli", "--preset",
+                                 "tiny", "--steps", "2", "--seq-chunks", "4",
+                                 "--batch-size", "2", "--val-fraction", "0.2",
+                                 "--eval-sequences", "2"])
+    assert r.exit_code == 0, r.output
+    assert (db / "models/cli/metrics.jsonl").exists()
+    r = CliRunner().invoke(app, ["eval", "--db", str(db), "--run", "cli", "--json",
+                                 "--max-sequences", "2"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["step"] == 2
+    r = CliRunner().invoke(app, ["train", "--db", str(db), "--run", "cli2", "--preset",
+                                 "huge", "--val-fraction", "0.2"])
+    assert r.exit_code == 2 and "--preset huge" in r.output
