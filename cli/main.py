@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import chunk, eval, generate, info, plan, train, verify
+from . import chunk, eval, generate, info, plan, plot, train, verify
 
 app = typer.Typer(
     name="retrodb",
@@ -22,6 +22,7 @@ app.command("verify")(verify.verify_cli)
 app.command("train")(train.train_cli)
 app.command("eval")(eval.eval_cli)
 app.command("generate")(generate.generate_cli)
+app.command("plot")(plot.plot_cli)
 
 
 def main() -> None:

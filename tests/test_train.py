@@ -185,3 +185,19 @@ def test_cli_train_and_eval(db):
     r = CliRunner().invoke(app, ["train", "--db", str(db), "--run", "cli2", "--preset",
                                  "huge", "--val-fraction", "0.2"])
     assert r.exit_code == 2 and "--preset huge" in r.output
+
+
+def test_plot_writes_a_png(db):
+    pytest.importorskip("matplotlib")
+    from typer.testing import CliRunner
+
+    from retrodb.cli.main import app
+
+    train(db, replace(TINY, run="p1", steps=3, eval_every=1))
+    train(db, replace(TINY, run="p2", steps=3, retrieval=False))
+    out = db.parent / "curves.png"
+    r = CliRunner().invoke(app, ["plot", "p1", "p2", "--db", str(db), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = CliRunner().invoke(app, ["plot", "nope", "--db", str(db)])
+    assert r.exit_code == 2 and "--run nope" in r.output
