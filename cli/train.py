@@ -13,7 +13,9 @@ from ._common import err, human_count, user_errors
 @user_errors
 def train_cli(
     db: Path = typer.Option(..., "--db", help="Database directory."),
-    run: str = typer.Option(..., "--run", help="Run name: DB/models/RUN/."),
+    run: str = typer.Option(..., "--run", "--run-name", help="Run name: DB/models/RUN/ "
+                            "(under torchrun write --run-name: torchrun's parser "
+                            "mistakes --run for its own --run-path)."),
     preset: str = typer.Option("small", help="Model size: tiny, small (~25M), base "
                                "(the paper's 172M shape)."),
     no_retrieval: bool = typer.Option(False, "--no-retrieval", help="Train the same "
@@ -43,7 +45,8 @@ def train_cli(
     """Train on consecutive chunks of the training documents with their neighbours.
 
     Metrics go to DB/models/RUN/metrics.jsonl, checkpoints (safetensors + JSON) to
-    DB/models/RUN/checkpoints/. Under torchrun the same command trains with DDP.
+    DB/models/RUN/checkpoints/. Under torchrun the same command trains with DDP:
+    torchrun --nproc-per-node 2 -m retrodb.cli.main train --db mydb --run-name r
 
     Example: retrodb train --db mydb --run retro-small --preset small --steps 2000
     """
@@ -87,7 +90,8 @@ class _TrainProgress:
         if p.val_loss is not None:
             fields["val"] = f"{p.val_loss:.3f}"
         if self.task is None:
-            self.task = self.progress.add_task("train", total=p.steps, val="-", **fields)
+            self.task = self.progress.add_task("train", total=p.steps,
+                                               **{"val": "-", **fields})
         self.progress.update(self.task, completed=p.step, total=p.steps, **fields)
 
     def __exit__(self, *exc):

@@ -155,8 +155,15 @@ def train(db_path, cfg: TrainConfig, resume: bool = False,
         _check_same_config(out, cfg)
     mcfg = preset_config(cfg.preset, dbc["tokenizer"]["vocab_size"], dbc["chunk_size"],
                          cfg.retrieval)
+    if rank == 0:  # rank 0 records the split and builds the token store first
+        ensure_split(db_path, cfg.val_fraction, cfg.split_seed)
+        TokenStore(db_path)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     split = ensure_split(db_path, cfg.val_fraction, cfg.split_seed)
-    store = TokenStore(db_path)
+    store = TokenStore(db_path, build=False)
     table = _neighbour_table(db_path, cfg.neighbours) if cfg.retrieval else None
     data = Sequences(db_path, split, "train", cfg.seq_chunks, store, table)
     val = Sequences(db_path, split, "val", cfg.seq_chunks, store, table)
@@ -238,7 +245,11 @@ def train(db_path, cfg: TrainConfig, resume: bool = False,
     finally:
         if metrics:
             metrics.close()
-    return last
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return last if rank == 0 else {}
 
 
 def evaluate_loss(model, seqs, max_sequences: int, device, autocast,
