@@ -31,6 +31,8 @@ demo: install corpus
 
 bench: install corpus
 	$(BIN)/python benchmarks/bench_chunk.py --corpus "$$(cat $(CORPUS_CACHE)/PATH)" --copies 2
+	$(BIN)/python -m pip install -q --no-deps retro-pytorch==0.3.9 einops  # baseline only
+	$(BIN)/python benchmarks/bench_train.py --corpus examples/corpus --preset small --steps 60 --batch-size 4
 	$(BIN)/python benchmarks/report.py
 
 # embed vs SentenceTransformer.encode on the same chunks (committed slice, 3 copies)

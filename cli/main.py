@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import chunk, embed, index, info, plan, query, verify
+from . import chunk, embed, eval, generate, index, info, plan, plot, query, train, verify
 
 app = typer.Typer(
     name="retrodb",
@@ -23,6 +23,10 @@ app.command("query")(query.query_cli)
 app.command("info")(info.info_cli)
 app.command("plan")(plan.plan_cli)
 app.command("verify")(verify.verify_cli)
+app.command("train")(train.train_cli)
+app.command("eval")(eval.eval_cli)
+app.command("generate")(generate.generate_cli)
+app.command("plot")(plot.plot_cli)
 
 
 def main() -> None:

@@ -1,0 +1,49 @@
+"""`retrodb eval`: validation loss and bits per byte, with and without retrieval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import out, print_json, user_errors
+
+
+@user_errors
+def eval_cli(
+    db: Path = typer.Option(..., "--db", help="Database directory."),
+    run: str = typer.Option(..., "--run", help="Run name (DB/models/RUN)."),
+    max_sequences: int = typer.Option(0, help="Evaluate only the first N validation "
+                                      "sequences (0: all)."),
+    exclude_overlap: float = typer.Option(0.2, "--exclude-overlap", help="Leakage "
+                                          "filter: drop neighbours whose longest common "
+                                          "token run with the chunk exceeds this "
+                                          "fraction of it."),
+    neighbours: Optional[str] = typer.Option(None, help="Neighbour set [default: the "
+                                             "run's]."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Validation loss and bits per byte (of the original UTF-8 text) of a run: with
+    retrieval, with retrieval disabled, and with leakage-filtered neighbours.
+
+    Example: retrodb eval --db mydb --run retro-small --exclude-overlap 0.2
+    """
+    from rich.table import Table
+
+    from retrodb.evaluate import evaluate_run
+
+    r = evaluate_run(db, run, max_sequences, exclude_overlap, neighbours, device)
+    if json_out:
+        print_json(r)
+        return
+    t = Table("neighbours", "loss (nats/token)", "bits per byte", "tokens",
+              title=f"{run} at step {r['step']}: {r['validation_docs']} validation docs")
+    rows = [("retrieval", "retrieval"), ("none (retrieval disabled)", "no_retrieval"),
+            (f"leakage-filtered (r ≤ {exclude_overlap})", "leakage_filtered")]
+    for label, key in rows:
+        if key in r:
+            t.add_row(label, f"{r[key]['loss']:.4f}", f"{r[key]['bpb']:.4f}",
+                      f"{r[key]['tokens']:,}")
+    out.print(t)

@@ -1,0 +1,6 @@
+"""The bundled RETRO model (decoder, chunked cross-attention, neighbour encoder)."""
+
+from .config import PRESETS, RetroConfig, config_from_dict, preset_config
+from .retro import Retro
+
+__all__ = ["PRESETS", "Retro", "RetroConfig", "config_from_dict", "preset_config"]
