@@ -529,14 +529,10 @@ def _run(tasks: list[ShardTask], manifest: Manifest, db: Database, cfg: EmbedCon
     drainer = threading.Thread(target=drain, name="embed-progress", daemon=True)
     drainer.start()
     try:
-        ex = local_executor(n, _init_worker, (spec, device_q, threads, cfg.precision, events))
-        try:
+        # an error or Ctrl-C terminates the workers (the executor's __exit__)
+        with local_executor(n, _init_worker,
+                            (spec, device_q, threads, cfg.precision, events)) as ex:
             run_shard_stage(tasks, fn, manifest, ex, on_done=done)
-        except BaseException:
-            _stop_workers(ex)  # an error or Ctrl-C: do not wait for shards in progress
-            raise
-        finally:
-            ex.close()
     finally:
         events.put(None)
         drainer.join()
@@ -547,15 +543,6 @@ def _run(tasks: list[ShardTask], manifest: Manifest, db: Database, cfg: EmbedCon
                 import torch
 
                 torch.set_num_threads(before)
-
-
-def _stop_workers(executor) -> None:
-    """Terminate a process executor's workers. A shard takes minutes to hours, and
-    `close()` would wait for the running ones; their temporary files are removed by
-    the next run (stage lock)."""
-    procs = getattr(getattr(executor, "pool", None), "_processes", None) or {}
-    for p in list(procs.values()):
-        p.terminate()
 
 
 def _labels(devices: list[str]) -> list[str]:

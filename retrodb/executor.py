@@ -32,6 +32,9 @@ class InProcessExecutor:
     def close(self) -> None:
         pass
 
+    def terminate(self) -> None:
+        pass
+
     def __enter__(self):
         return self
 
@@ -77,10 +80,18 @@ class ProcessExecutor:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def terminate(self) -> None:
+        """Stop now: kill the workers instead of waiting for the shards they hold (a
+        shard can take hours); their temporary files are removed by the next run."""
+        for p in list((getattr(self.pool, "_processes", None) or {}).values()):
+            p.terminate()
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:  # an error or Ctrl-C: do not wait for running shards
+            self.terminate()
         self.close()
 
 
@@ -170,6 +181,9 @@ class RayExecutor:
 
     def close(self) -> None:
         pass  # the Ray runtime belongs to the caller (or ends with this process)
+
+    def terminate(self) -> None:
+        pass  # tasks in flight finish or are dropped with the driver; the runner resumes
 
     def __enter__(self):
         return self

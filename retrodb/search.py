@@ -147,7 +147,9 @@ class Retriever:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:  # the embed stage (torch) is heavy: load it lazily
-            self._embedder = _load_embedder()(self._spec, device="cpu")
+            from .embedder import load_embedder
+
+            self._embedder = load_embedder(self._spec, device="cpu")
         return self._embedder
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -190,20 +192,6 @@ class Retriever:
         return Hit(chunk_id=chunk_id, score=round(score, 6), text=row["text"],
                    continuation=cont_text, continuation_id=cont_id, doc_id=row["doc_id"],
                    pos=row["pos"], source=doc["source"], position=doc["position"])
-
-
-def _load_embedder():
-    """The embed stage's `load_embedder` (retrodb.embedder on the embed branch; the
-    contract names retrodb.embed)."""
-    try:
-        from .embedder import load_embedder
-    except ImportError:
-        try:
-            from .embed import load_embedder
-        except ImportError:
-            raise RetrodbError("querying by text needs the embed stage (retrodb.embed), "
-                               "which this installation lacks") from None
-    return load_embedder
 
 
 def open(db_path: str | Path, embedder: Embedder | None = None, nprobe: int | None = None,

@@ -1,9 +1,8 @@
-"""A stand-in for the embed stage, for index tests: fills the embeddings contract.
+"""Embeddings for index tests: the real embed stage, or fast fake keys in its layout.
 
-Writes `DB/embeddings/NNNNN.npy` (float16 [rows, dim], L2-normalised, row i = chunk
-first_id + i) through the shared runner's Manifest, and `retrodb.json["embedder"]`,
-using sentence-transformers' all-MiniLM-L6-v2 on each chunk's text. The real embed
-stage (retrodb.embed) replaces this once it lands.
+`DB/embeddings/NNNNN.npy` (float16 [rows, dim], L2-normalised, row i = chunk
+first_id + i) through the shared runner's Manifest, and `retrodb.json["embedder"]`.
+`StubEmbedder` is sentence-transformers' own all-MiniLM-L6-v2: the reference.
 """
 
 from __future__ import annotations
@@ -51,30 +50,12 @@ def spec() -> dict:
             "tokenizer_sha256": sha256_file(tok) if tok.is_file() else None}
 
 
-def _embed_shard(chunks_dir: Path):
-    def fn(task: ShardTask, tmp: Path) -> dict:
-        import pyarrow.parquet as pq
-
-        texts = pq.read_table(chunks_dir / task.source["file"],
-                              columns=["text"]).column(0).to_pylist()
-        vecs = StubEmbedder().encode_texts(texts).astype(np.float16)
-        with open(tmp, "wb") as f:
-            np.save(f, vecs)
-        return {"rows": len(texts), "dim": vecs.shape[1]}
-    return fn
-
-
 def fill_embeddings(db_path: str | Path) -> int:
-    """Embed every chunk shard that has no embedding shard yet; return how many."""
-    db = Database(db_path)
-    if db.config().get("embedder") is None:
-        db.update_config(embedder=spec())
-    src = Manifest(db.chunks_dir, "chunks")
-    with stage_lock(db.embeddings_dir, "embeddings"):
-        dst = Manifest(db.embeddings_dir, "embeddings")
-        tasks, _ = pending_tasks(src, dst, ".npy")
-        run_shard_stage(tasks, _embed_shard(db.chunks_dir), dst, InProcessExecutor())
-    return len(tasks)
+    """Embed every chunk shard that has no embedding shard yet with the real embed
+    stage (all-MiniLM-L6-v2); return how many shards it embedded."""
+    from retrodb.embed import EmbedConfig, embed_db
+
+    return len(embed_db(db_path, EmbedConfig()).shards)
 
 
 def fake_embeddings(db_path: str | Path, dim: int = 32, normalize: bool = True,
