@@ -46,6 +46,8 @@ def info_cli(
             notes.insert(0, f"{s['inputs']} inputs")
         if name == "index":
             notes.extend(_index_notes(s))
+        if name.startswith("neighbours/"):
+            notes.extend(_neighbour_notes(s))
         table.add_row(name, str(s["shards"]), human_count(s["rows"]),
                       human_count(s["tokens"]) if "tokens" in s else "",
                       human_bytes(s["bytes"]), ", ".join(notes))
@@ -64,4 +66,19 @@ def _index_notes(s: dict) -> list[str]:
     mark = "" if s["reached"] else f" [yellow](below target {s['target']})[/]"
     notes.append(f"recall@{s['k']} {s['recall']:.3f}{mark}, {s['ms_per_query']:.2f} ms/query")
     notes.append(f"lists {s['bytes_per_vector']:.0f} B/vector + {human_bytes(s['fixed_bytes'])} fixed")
+    return notes
+
+
+def _neighbour_notes(s: dict) -> list[str]:
+    """A neighbour set's row: k, what it excludes, its measured filtered recall."""
+    notes = [f"k {s['k']}", f"queries: {'another database' if s['queries_db'] else 'own chunks'}"]
+    if s["exclude_same_doc"]:
+        notes.append("own document excluded")
+    if s["exclude_overlap"] is not None:
+        notes.append(f"r ≤ {s['exclude_overlap']}")
+    if s["filtered_recall"] is not None:
+        notes.append(f"nprobe {s['nprobe']}, filtered recall@{s['k']} "
+                     f"{s['filtered_recall']:.3f}")
+    if s["short"]:
+        notes.append(f"{s['short']} chunks short of k")
     return notes

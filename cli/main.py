@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from . import chunk, embed, eval, generate, index, info, plan, plot, query, train, verify
+from . import (chunk, embed, eval, generate, index, info, neighbours, plan, plot, query,
+               train, verify)
 
 app = typer.Typer(
     name="retrodb",
@@ -19,6 +20,7 @@ app = typer.Typer(
 app.command("chunk")(chunk.chunk_cli)
 app.command("embed")(embed.embed_cli)
 app.add_typer(index.app, name="index")
+app.add_typer(neighbours.app, name="neighbours")
 app.command("query")(query.query_cli)
 app.command("info")(info.info_cli)
 app.command("plan")(plan.plan_cli)

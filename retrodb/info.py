@@ -54,6 +54,19 @@ def db_info(path: str | Path) -> dict[str, Any]:
     if idx is not None:
         stages["index"] = {"shards": idx["parts"], "rows": idx["vectors"],
                            "bytes": _disk_bytes(db.index_dir), **idx}
+    nroot = db.root / "neighbours"
+    if nroot.is_dir():
+        for d in sorted(p for p in nroot.iterdir() if (p / "manifest.json").is_file()):
+            m = Manifest(d, "neighbours")
+            st, rec = m.data.get("settings") or {}, m.data.get("recall") or {}
+            stages[f"neighbours/{d.name}"] = {
+                "shards": len(m.shards), "rows": m.rows, "bytes": _disk_bytes(d),
+                "k": m.data.get("k"), "nprobe": m.data.get("nprobe"),
+                "filtered_recall": rec.get("recall"),
+                "queries_db": st.get("queries"),
+                "exclude_same_doc": st.get("exclude_same_doc"),
+                "exclude_overlap": st.get("exclude_overlap"),
+                "short": sum(int(e.get("short", 0)) for e in m.shards)}
     return {"path": str(db.root), "format": cfg["format"],
             "tokenizer": cfg["tokenizer"]["name"], "chunk_size": cfg["chunk_size"],
             "token_dtype": cfg["token_dtype"], "embedder": cfg.get("embedder"),
