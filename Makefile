@@ -29,10 +29,16 @@ corpus:
 demo: install corpus
 	PATH="$(abspath $(BIN)):$$PATH" sh examples/demo.sh $(DEMO_DB) "$$(cat $(CORPUS_CACHE)/PATH)"
 
+# Every benchmark; the index, neighbours and train ones run on the demo database
+# (`make demo` first: chunk, embed, index and neighbours of the Python docs).
 bench: install corpus
 	$(BIN)/python benchmarks/bench_chunk.py --corpus "$$(cat $(CORPUS_CACHE)/PATH)" --copies 2
+	$(BIN)/python benchmarks/bench_embed.py --copies 3 --rounds 3
+	test -f $(DEMO_DB)/index/manifest.json || $(MAKE) demo
+	$(BIN)/python benchmarks/bench_index.py --db $(DEMO_DB) --workers 2 --out index-autofaiss.md
+	$(BIN)/python benchmarks/bench_neighbours.py --db $(DEMO_DB) -k 2
 	$(BIN)/python -m pip install -q --no-deps retro-pytorch==0.3.9 einops  # baseline only
-	$(BIN)/python benchmarks/bench_train.py --corpus examples/corpus --preset small --steps 60 --batch-size 4
+	$(BIN)/python benchmarks/bench_train.py --db $(DEMO_DB) --preset small --steps 300 --batch-size 4
 	$(BIN)/python benchmarks/report.py
 
 # embed vs SentenceTransformer.encode on the same chunks (committed slice, 3 copies)

@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--speed-steps", type=int, default=4)
     ap.add_argument("--speed-batch", type=int, default=8)
     args = ap.parse_args()
-    from retrodb.split import ensure_split
+    from retrodb.split import ensure_split, load_split
 
     with tempfile.TemporaryDirectory() as tmp:
         db, neighbours, standin = args.db, args.neighbours, False
@@ -206,7 +206,9 @@ def main() -> None:
         if not (db / "neighbours" / neighbours / "manifest.json").exists():
             standin_neighbours(db, k=2)
             neighbours, standin = "standin", True
-        ensure_split(db, args.val_fraction, 0)
+        if load_split(db) is None:  # a database keeps the split its neighbours used
+            ensure_split(db, args.val_fraction, 0)
+        args.val_fraction = load_split(db).val_fraction
         q = quality(db, neighbours, args)
         s = speed(db, neighbours, args.preset, args.speed_batch, args.seq_chunks,
                   args.speed_steps)

@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["chunk", "embed", "index", "neighbours", "train"]
+ORDER = ["chunk", "embed", "index", "index-autofaiss", "neighbours", "train"]
 
 HEADER = """# Benchmarks
 
 Every row compares a retrodb stage with its baseline **measured in the same run** on the
 same data; absolute rates on a shared machine are noise, the ratios are the result.
-Regenerate with `make bench` (each script also runs alone: see its command).
+Regenerate with `make bench` (each script also runs alone: see its command). How the
+embed and index numbers came about, with the measurements behind each design choice:
+[BENCHMARKS-embed.md](BENCHMARKS-embed.md), [BENCHMARKS-index.md](BENCHMARKS-index.md).
 """
 
 

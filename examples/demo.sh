@@ -18,12 +18,12 @@ echo "== retrodb query"
 retrodb query "$db" "How do I define a class with a custom constructor?" -k 2
 echo "== retrodb train: RETRO (small preset, $steps steps) and the same decoder without retrieval"
 retrodb train --db "$db" --run demo-retro --preset small --steps "$steps" --batch-size 4 \
-    --eval-every 0 --checkpoint-every "$steps"
+    --warmup 10 --eval-every 0 --checkpoint-every "$steps"
 retrodb train --db "$db" --run demo-baseline --preset small --steps "$steps" --batch-size 4 \
-    --eval-every 0 --checkpoint-every "$steps" --no-retrieval
+    --warmup 10 --eval-every 0 --checkpoint-every "$steps" --no-retrieval
 echo "== retrodb eval"
-retrodb eval --db "$db" --run demo-retro
-retrodb eval --db "$db" --run demo-baseline
+retrodb eval --db "$db" --run demo-retro --max-sequences 48
+retrodb eval --db "$db" --run demo-baseline --max-sequences 48
 echo "== retrodb generate (live retrieval from the index for every completed chunk)"
 retrodb generate --db "$db" --run demo-retro "The for statement in Python differs a bit from what you may be used to in C. Rather than always iterating over an arithmetic progression of numbers, Python's for statement iterates over the items of any sequence" --max-tokens 64 --show-retrieval
 echo "== retrodb info"
