@@ -65,7 +65,108 @@ def verify(db_path: str | Path, sample: float = 0.01, checksums: bool = True,
         if (db.root / sub / "manifest.json").exists():
             _check_derived(db, chunks, Manifest(db.root / sub, stage), suffix, rep, checksums)
     _recompute_chunks(db, chunks, sample, seed, rep)
+    if (db.index_dir / "manifest.json").exists():
+        _check_index(db, rep, checksums)
+    nroot = db.root / "neighbours"
+    if nroot.is_dir():
+        for d in sorted(p for p in nroot.iterdir() if (p / "manifest.json").is_file()):
+            _check_neighbours(db, d, rep, checksums, sample, seed)
     return rep
+
+
+def _check_index(db: Database, rep: VerifyReport, checksums: bool) -> None:
+    """Parts and the merged index against their files; every key in the merged index."""
+    from .neighbours import _index_identity
+    from .vectors import EmbeddingStore
+
+    m = Manifest(db.index_dir, "index")
+    _check_files(m, rep, "index", checksums)
+    for key in ("trained", "merged"):
+        e = m.data.get(key)
+        if e is None:
+            rep.add("warning", "index", f"no {key} index yet; run `retrodb index`")
+            return
+        for name, size, digest in entry_files(e):
+            p = m.path_of(name)
+            rep.checked_files += 1
+            if not p.is_file() or p.stat().st_size != size or \
+                    (checksums and sha256_file(p) != digest):
+                rep.add("error", "index", f"{p}: missing, truncated or changed since it "
+                                          "was written; rerun `retrodb index`")
+    try:
+        _index_identity(db, EmbeddingStore(db.root))
+    except RetrodbError as e:
+        rep.add("error", "index", str(e))
+
+
+def _check_neighbours(db: Database, d: Path, rep: VerifyReport, checksums: bool,
+                      sample: float, seed: int) -> None:
+    """A neighbour set: files, id ranges, neighbour ids inside the database, the index
+    it was searched in; a sample of shards recomputed and compared byte for byte."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    stage = f"neighbours/{d.name}"
+    m = Manifest(d, "neighbours")
+    bad = _check_files(m, rep, stage, checksums)
+    n_db = Manifest(db.chunks_dir, "chunks").rows
+    for e in m.shards:
+        if e["shard"] in bad:
+            continue
+        t = pq.read_table(m.path_of(e["file"]), columns=["chunk_id", "neighbours"])
+        ids = t.column("chunk_id").to_numpy()
+        if len(ids) != e["rows"] or (len(ids) and (ids[0] != e["first_id"] or
+                                                   (np.diff(ids) != 1).any())):
+            rep.add("error", stage, f"{e['file']}: chunk ids do not run from "
+                                    f"{e['first_id']} over {e['rows']} rows")
+        nb = t.column("neighbours").combine_chunks().flatten().to_numpy()
+        if len(nb) and (nb.min() < -1 or nb.max() >= n_db):
+            rep.add("error", stage, f"{e['file']}: neighbour id {int(nb.max())} outside the "
+                                    f"database (0..{n_db - 1})")
+    current = (Manifest(db.index_dir, "index").data.get("merged") or {}).get("sha256")
+    old = [e["shard"] for e in m.shards if e.get("index_sha256") != current]
+    if old:
+        rep.add("warning", stage, f"{len(old)} shard(s) were searched in an older index; "
+                                  f"rerun `retrodb neighbours --set {d.name}` to redo them")
+    if sample > 0 and m.shards and not old:
+        _recompute_neighbours(db, m, stage, sample, seed, rep)
+
+
+def _recompute_neighbours(db: Database, m: Manifest, stage: str, sample: float, seed: int,
+                          rep: VerifyReport) -> None:
+    from .neighbours import (NeighboursConfig, _init_worker, _NeighbourShard, _WORKER)
+    from .runner import ShardTask
+
+    st = m.data.get("settings") or {}
+    qroot = st.get("queries")
+    qm = Manifest(Path(qroot or db.root) / "embeddings", "embeddings")
+    cfg = NeighboursConfig(set=m.directory.name, k=st["k"],
+                           exclude_overlap=st.get("exclude_overlap"),
+                           exclude_validation=st.get("exclude_validation", True),
+                           max_search=st.get("max_search", 4096),
+                           candidates=m.data.get("candidates"))
+    shards = [e["shard"] for e in m.shards]
+    n = max(1, round(sample * len(shards)))
+    _init_worker(str(db.root), qroot, m.data.get("nprobe"), m.data.get("candidates"), 0)
+    try:
+        for s in sorted(random.Random(seed).sample(shards, n)):
+            e, src = m.entry(s), qm.entry(s)
+            if src is None:
+                rep.add("error", stage, f"{e['file']}: its query embedding shard {s} is "
+                                        "gone; rerun `retrodb neighbours`")
+                continue
+            fn = _NeighbourShard(str(db.root), qroot, cfg, bool(st.get("exclude_same_doc")),
+                                 e.get("index_sha256", ""), int(e.get("nprobe") or
+                                                                m.data["nprobe"]))
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / e["file"]
+                fn(ShardTask(s, src, out), out)
+                if sha256_file(out) != e["sha256"]:
+                    rep.add("error", stage, f"{e['file']}: recomputed from the index it "
+                                            "differs from the stored shard")
+            rep.recomputed.append(f"{stage}/{e['file']}")
+    finally:
+        _WORKER.clear()
 
 
 def _check_files(m: Manifest, rep: VerifyReport, stage: str, checksums: bool) -> set[int]:

@@ -285,3 +285,29 @@ def test_cli_build_report_and_errors(built, tmp_path):
         p = run("neighbours", *args)
         assert p.returncode == 2 and msg in p.stderr, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_verify_checks_and_recomputes_neighbour_shards(built, tmp_path):
+    import pyarrow as pa
+
+    from retrodb.runner import Manifest, file_record
+    from retrodb.verify import verify
+
+    db = copy_db(built, tmp_path / "db")
+    rep = verify(db, sample=1.0)
+    assert rep.ok, rep.findings
+    assert sum(r.startswith("neighbours/train/") for r in rep.recomputed) == 3
+    # a shard rewritten with an id outside the database, its manifest entry updated to
+    # match (so only the content checks can tell)
+    d = db / "neighbours/train"
+    t = pq.read_table(d / "00001.parquet")
+    nb = t.column("neighbours").combine_chunks().flatten().to_numpy().copy()
+    nb[0] = 10**9
+    t = t.set_column(1, "neighbours", pa.FixedSizeListArray.from_arrays(pa.array(nb), 2))
+    pq.write_table(t, d / "00001.parquet")
+    m = Manifest(d, "neighbours")
+    m.record({**m.entry(1), **file_record(d / "00001.parquet", "00001.parquet")})
+    rep = verify(db, sample=1.0)
+    msgs = [f.message for f in rep.findings if f.level == "error"]
+    assert any("outside the database" in x for x in msgs)
+    assert any("differs from the stored shard" in x for x in msgs)
