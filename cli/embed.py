@@ -29,6 +29,11 @@ def embed_cli(
     new_set: bool = typer.Option(False, "--new-set", help="If --model differs from the "
                                  "database's embedder, delete its keys and start a new "
                                  "embedding set (the index must then be rebuilt)."),
+    executor: str = typer.Option("local", help="'local' worker processes, or 'ray': one "
+                                 "task per chunk shard on a Ray cluster (with --gpus, one "
+                                 "GPU per task, placed by Ray)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: "
+                                              "start or join a local Ray)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Embed every chunk not yet embedded into DB/embeddings (float16 .npy per shard).
@@ -42,7 +47,8 @@ def embed_cli(
     from retrodb.embed import EmbedConfig, embed_db
 
     cfg = EmbedConfig(model=model, gpus=_parse_gpus(gpus), batch_size=batch_size,
-                      workers=workers, precision=precision, new_set=new_set)
+                      workers=workers, precision=precision, new_set=new_set,
+                      executor=executor, ray_address=ray_address)
     with _EmbedProgress() as bar:
         result = embed_db(db, cfg, on_progress=bar.update,
                           on_note=lambda m: err.print(f"note: {m}", highlight=False,

@@ -90,6 +90,11 @@ class EmbedConfig:
     # Cores per worker; None = cores // workers. On CPU that many lanes of one torch
     # thread each; on CUDA the worker's torch threads. (No flag: benchmarks vary it.)
     threads: int | None = None
+    # --executor: "local" (worker processes here) or "ray": every chunk shard a Ray task
+    # needing one GPU (with --gpus) or `threads or 1` CPUs; the model is loaded once per
+    # Ray worker process and kept for the shards it runs next.
+    executor: str = "local"
+    ray_address: str | None = None  # --ray-address
 
     def validate(self) -> None:
         if self.batch_size is not None and self.batch_size <= 0:
@@ -110,11 +115,18 @@ class EmbedConfig:
         elif self.precision not in ("auto", "fp32"):
             raise RetrodbError(f"--precision {self.precision}: only with --gpus; on the "
                                "CPU keys are computed in fp32")
+        if self.executor not in ("local", "ray"):
+            raise RetrodbError(f"--executor {self.executor}: use local or ray")
+        if self.executor == "ray" and self.workers != 1:
+            raise RetrodbError("--workers: with --executor ray the cluster's resources "
+                               "decide how many shards run at once; drop --workers")
         if self.window <= 0 or self.prefetch <= 0 or (self.threads or 1) <= 0:
             raise RetrodbError("EmbedConfig: window, prefetch and threads must be positive")
 
     def devices(self) -> list[str]:
         """One torch device per worker; checks that the GPUs asked for exist."""
+        if self.executor == "ray":  # Ray places tasks on the cluster's devices
+            return ["ray:cuda" if self.gpus is not None else "ray:cpu"]
         if self.gpus is None:
             return ["cpu"] * self.workers
         import torch
@@ -525,6 +537,9 @@ def _run(tasks: list[ShardTask], manifest: Manifest, db: Database, cfg: EmbedCon
                 on_progress(progress)
 
     fn = EmbedShard(db.chunks_dir, cfg.batch_size, cfg.window, cfg.prefetch, reuse)
+    if cfg.executor == "ray":
+        _run_ray(tasks, manifest, cfg, spec, fn, done, progress, on_progress, lock)
+        return
     threads = cfg.threads_for(n)
     drainer = threading.Thread(target=drain, name="embed-progress", daemon=True)
     drainer.start()
@@ -543,6 +558,48 @@ def _run(tasks: list[ShardTask], manifest: Manifest, db: Database, cfg: EmbedCon
                 import torch
 
                 torch.set_num_threads(before)
+
+
+class _Discard:
+    """Stands in for the progress queue in Ray workers: progress comes per shard."""
+
+    def put(self, item) -> None:
+        pass
+
+
+def _init_ray_worker(spec: dict, gpu: bool, threads: int, precision: str) -> None:
+    """A Ray worker's device: the GPU Ray assigned it (CUDA_VISIBLE_DEVICES makes it
+    cuda:0), or `threads` CPU lanes."""
+    import os
+
+    import torch
+
+    device = "cuda:0" if gpu else "cpu"
+    _WORKER.clear()
+    _WORKER.update(spec=spec, label=f"ray-{os.getpid()}", device=device,
+                   precision=precision, events=_Discard(),
+                   threads_before=torch.get_num_threads(), lanes=1 if gpu else threads)
+    torch.set_num_threads(threads if gpu else 1)
+    if gpu:
+        torch.cuda.set_device(device)
+
+
+def _run_ray(tasks, manifest, cfg: EmbedConfig, spec: dict, fn, done, progress,
+             on_progress, lock) -> None:
+    from .executor import RayExecutor
+
+    gpu = cfg.gpus is not None
+    threads = cfg.threads or 1
+
+    def shard_done(entry: dict) -> None:
+        with lock:
+            progress.chunks_done += entry["rows"]
+            progress.devices["ray"] = progress.devices.get("ray", 0) + entry["rows"]
+        done(entry)
+
+    with RayExecutor(cfg.ray_address, _init_ray_worker, (spec, gpu, threads, cfg.precision),
+                     num_cpus=threads, num_gpus=1 if gpu else 0) as ex:
+        run_shard_stage(tasks, fn, manifest, ex, on_done=shard_done)
 
 
 def _labels(devices: list[str]) -> list[str]:

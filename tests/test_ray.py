@@ -81,3 +81,35 @@ def test_killed_ray_tasks_are_retried(tmp_path, corpus, local_ray):
         assert (db / "tokens" / name).read_bytes() == (ref / "tokens" / name).read_bytes()
     assert not list((db / "tokens").glob(".tmp-*"))
     assert TokenStore(db, build=False).n_chunks == TokenStore(ref).n_chunks
+
+
+def test_embed_on_ray_equals_local(tmp_path, corpus_files, local_ray):
+    """The embed stage's shard function as Ray tasks (model loaded once per Ray worker)
+    writes the same key shards, byte for byte, as the local executor."""
+    from retrodb.embed import EmbedConfig, embed_db
+
+    small = sorted(corpus_files, key=lambda p: p.stat().st_size)[:2]
+    for name in ("local", "ray"):
+        chunk_corpus(tmp_path / name, [str(p) for p in small], ChunkConfig(shard_size=60))
+    embed_db(tmp_path / "local", EmbedConfig())
+    r = embed_db(tmp_path / "ray", EmbedConfig(executor="ray"))
+    assert r.devices == ["ray:cpu"] and len(r.shards) >= 2
+    keys = {name: {p.name: p.read_bytes()
+                   for p in sorted((tmp_path / name / "embeddings").glob("*.npy"))}
+            for name in ("local", "ray")}
+    assert keys["local"] == keys["ray"]
+
+
+def test_neighbours_on_ray_equal_local(indexed_db, tmp_path, local_ray):
+    import shutil
+
+    from retrodb.neighbours import NeighboursConfig, build_neighbours
+
+    db = tmp_path / "db"
+    shutil.copytree(indexed_db, db)
+    build_neighbours(db, NeighboursConfig(set="local"))
+    build_neighbours(db, NeighboursConfig(set="ray", executor="ray"))
+    got = {name: {p.name: p.read_bytes()
+                  for p in sorted((db / "neighbours" / name).glob("*.parquet"))}
+           for name in ("local", "ray")}
+    assert len(got["local"]) == 3 and got["local"] == got["ray"]
