@@ -38,6 +38,7 @@ from .errors import RetrodbError
 from .executor import ExecutorSpec
 from .readers import DOC_END, DocStart, InputFile, Reader, ReaderOptions, discover_inputs
 from .runner import Manifest, file_record, shard_name, stage_lock
+from .faults import point
 from .storage import publish, tmp_path_for
 from .tokenizer import TokenizerSpec, resolve_tokenizer
 
@@ -408,6 +409,7 @@ class ShardWriter:
         self.writer.close()
         self.writer = None
         path = self._path()
+        point("shard.written")
         publish(tmp_path_for(path), path)
         docs_path = self.db.docs_dir / shard_name(self.shard, ".parquet")
         docs_path.parent.mkdir(parents=True, exist_ok=True)
@@ -420,6 +422,7 @@ class ShardWriter:
         tmp = tmp_path_for(docs_path)
         pq.write_table(table, tmp, compression="zstd")
         publish(tmp, docs_path)
+        point("shard.published")
 
         doc, pos = self.last
         entry = {"shard": self.shard, **file_record(path, path.name),
@@ -441,6 +444,7 @@ class ShardWriter:
                               "shard_size": self.cfg.shard_size}
         self.manifest.record(entry, inputs=self.manifest.data.get("inputs", []) +
                              self.inputs_done, cursor=cursor)
+        point("shard.recorded")
         self.committed.append(path.name)
         self.progress.shards += 1
         self.shard += 1

@@ -44,6 +44,7 @@ import numpy as np
 
 from .db import Database
 from .errors import RetrodbError
+from .faults import point
 from .executor import ExecutorSpec
 from .runner import Manifest, ShardTask, file_record, pending_tasks, run_shard_stage, \
     stage_lock
@@ -446,6 +447,7 @@ def _train(db: Database, store: EmbeddingStore, cfg: IndexConfig, result: IndexR
     for e in list(m.shards):
         (db.index_dir / e["file"]).unlink(missing_ok=True)
     m.data["shards"] = []
+    point("index.trained")  # the file is in place; the manifest does not name it yet
     m.record(None, trained=t, merged=None, recall=None, format_faiss=faiss.__version__)
     result.trained = True
     result.factory, result.chosen_by, result.train_size = factory, chosen_by, size
@@ -696,10 +698,15 @@ def _merge_parts(db: Database, m: Manifest, t: dict, entries: list[dict], want: 
     ivf.replace_invlists(ondisk, True)
     ondisk.this.disown()  # the index owns the lists now
     index.ntotal = ivf.ntotal = ntotal
+    # Store the lists' file name without its directory: readers open it next to the
+    # index (IO_FLAG_ONDISK_SAME_DIR), so a database can be moved or copied, and the
+    # merged index is the same bytes wherever it was built.
+    ondisk.filename = ivf_path.name
     tmp = tmp_path_for(idx_path)
     faiss.write_index(index, str(tmp))
     del index, ivf, keep, lists  # unmap the parts and the on-disk lists
     publish(ivf_path, ivf_path)  # fsync the lists before anything names them
+    point("index.merge")
     publish(tmp, idx_path)
     merged = {**file_record(idx_path, idx_path.name),
               "ivfdata": file_record(ivf_path, ivf_path.name),

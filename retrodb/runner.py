@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import RetrodbError
+from .faults import point
 from .storage import atomic_path, read_json, remove_stale_tmp, sha256_file, write_json
 
 MANIFEST = "manifest.json"
@@ -186,6 +187,8 @@ def _run_task(fn: Callable[[ShardTask, Path], dict], task: ShardTask) -> dict:
     """Worker side: run the shard function against a temporary path, then publish it."""
     with atomic_path(task.out) as tmp:
         stats = fn(task, tmp)
+        point("shard.written")
+    point("shard.published")
     rec = file_record(task.out, task.out.name)
     return {"shard": task.shard, **rec, "first_id": task.source["first_id"],
             "source_sha256": task.source["sha256"], **stats}
@@ -202,6 +205,7 @@ def run_shard_stage(tasks: Iterable[ShardTask], fn: Callable[[ShardTask, Path], 
     done = []
     for _, entry in executor.imap(_ShardCall(fn), list(tasks), ordered=False):
         dst.record(entry)
+        point("shard.recorded")
         done.append(entry)
         if on_done is not None:
             on_done(entry)

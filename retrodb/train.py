@@ -24,6 +24,7 @@ import numpy as np
 
 from .db import Database
 from .errors import RetrodbError
+from .faults import point
 from .storage import write_json
 
 
@@ -234,11 +235,13 @@ def train(db_path, cfg: TrainConfig, resume: bool = False,
             if metrics:
                 metrics.write(json.dumps(last) + "\n")
                 metrics.flush()
+            point("train.step")
             if rank == 0 and (step % cfg.checkpoint_every == 0 or is_last):
                 save_checkpoint(out, model, opt, {"step": step, "samples_seen":
                                                   step * cfg.batch_size,
                                                   "epoch": step * cfg.batch_size //
                                                   len(data)})
+                point("train.checkpoint")
             if on_progress and rank == 0:
                 eta = (cfg.steps - step) * el / (step - start)
                 on_progress(Progress(step, cfg.steps, last["loss"], lr, tps, eta, val_loss))
