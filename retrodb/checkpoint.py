@@ -76,8 +76,10 @@ def load_weights(model, ckpt: Path, strict: bool = True) -> None:
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"),
                                          strict=False)
     except RuntimeError as e:  # shape mismatch: another preset or vocabulary
-        raise RetrodbError(f"{ckpt}: weights do not fit this model ({str(e)[:120]}…); "
-                           "use the run's --preset and database") from None
+        lines = [x.strip() for x in str(e).splitlines() if "size mismatch" in x]
+        first = (lines[0] if lines else " ".join(str(e).split()))[:160]
+        raise RetrodbError(f"{ckpt}: weights do not fit this model ({first}); use the "
+                           "run's --preset and database") from None
     if strict and (missing or unexpected):
         raise RetrodbError(f"{ckpt}: weights do not fit this model (missing "
                            f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")

@@ -625,6 +625,10 @@ def chunk_corpus(db_path: str | Path, paths: list[str], cfg: ChunkConfig = Chunk
                             current += 1
                         progress.bytes_done = done_bytes + states[current].reader.bytes_read
                         on_progress(progress)
+                if todo and result.docs == 0 and cursor is None:
+                    more = f" (and {len(todo) - 1} more inputs)" if len(todo) > 1 else ""
+                    raise RetrodbError(f"{todo[0].path}{more}: no text to chunk (empty, or "
+                                       "only empty documents); nothing was added")
                 writer.finish()
         finally:
             writer.abort()  # drop a half-written shard; committed shards stay

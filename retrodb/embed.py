@@ -53,8 +53,8 @@ from .embedder import (Embedder, continuation_table, describe, load_embedder,
                        resolve_model, same_model)
 from .errors import RetrodbError
 from .executor import local_executor
-from .runner import (Manifest, ShardTask, entry_files, pending_tasks, run_shard_stage,
-                     stage_lock)
+from .runner import (Manifest, ShardTask, entry_files, pending_tasks, require_files,
+                     run_shard_stage, stage_lock)
 
 __all__ = ["EmbedConfig", "EmbedProgress", "EmbedResult", "Embedder", "embed_db",
            "embed_shard", "load_embedder", "resolve_model"]
@@ -461,6 +461,8 @@ def embed_db(db_path: str | Path, cfg: EmbedConfig = EmbedConfig(),
     if not chunks.shards:
         raise RetrodbError(f"{db.chunks_dir}: no chunk shards to embed; run `retrodb chunk "
                            f"INPUT --db {db.root}` first")
+    require_files(chunks, "restore it, or rebuild the database from its inputs "
+                          "(`retrodb verify` lists what is affected)")
     result = EmbedResult(devices=devices)
 
     def note(msg: str) -> None:

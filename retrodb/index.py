@@ -654,8 +654,11 @@ def _recall_settings(cfg: IndexConfig, merged: dict) -> dict:
 
 
 def _merged_ok(m: Manifest, merged: dict) -> bool:
+    """The merged index's files exist with their sizes, and its fixed part (quantizer,
+    OPQ, codebooks: small) has its checksum; the lists are too large to hash on open."""
     try:
-        return m.files_ok(merged, checksum=False)
+        return m.files_ok(merged, checksum=False) and \
+            sha256_file(m.path_of(merged["file"])) == merged["sha256"]
     except RetrodbError:
         return False
 
@@ -738,9 +741,13 @@ class IndexSearcher:
         self.db = db
         m = _manifest(db)
         merged = m.data.get("merged")
-        if merged is None or not _merged_ok(m, merged):
+        if merged is None:
             raise RetrodbError(f"{db.index_dir}: no merged index; build it with `retrodb "
                                f"index --db {db.root}`")
+        if not _merged_ok(m, merged):
+            raise RetrodbError(f"{db.index_dir / merged['file']}: missing, truncated or "
+                               "corrupted (it no longer matches the manifest); rebuild it "
+                               f"with `retrodb index --db {db.root}`")
         self.manifest = m
         self.trained = m.data["trained"]
         self.merged = merged

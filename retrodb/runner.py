@@ -113,6 +113,24 @@ class Manifest:
         return True
 
 
+def require_files(m: Manifest, fix: str) -> None:
+    """Refuse a stage whose recorded files are missing or changed size (a deleted or
+    truncated shard): one error naming the first, with what to do. A stat per file."""
+    bad = []
+    for e in m.shards:
+        for name, size, _ in entry_files(e):
+            p = m.path_of(name)
+            try:
+                if p.stat().st_size != size:
+                    bad.append(p)
+            except FileNotFoundError:
+                bad.append(p)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise RetrodbError(f"{bad[0]}: missing or truncated{more}; it is recorded in "
+                           f"{m.path}: {fix}")
+
+
 def entry_files(entry: dict) -> list[tuple[str, int, str]]:
     """(file, bytes, sha256) of every file a manifest entry covers.
 

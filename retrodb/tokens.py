@@ -21,7 +21,8 @@ import numpy as np
 from .db import Database
 from .errors import RetrodbError
 from .executor import local_executor
-from .runner import Manifest, ShardTask, pending_tasks, run_shard_stage, stage_lock
+from .runner import (Manifest, ShardTask, pending_tasks, require_files, run_shard_stage,
+                     stage_lock)
 
 
 def _dtype(token_dtype: str, chunk_size: int) -> np.dtype:
@@ -68,6 +69,8 @@ def build_tokens(db_path: str | Path, workers: int = 1) -> int:
     if not src.shards:
         raise RetrodbError(f"{db.root}: no chunks; run `retrodb chunk INPUT --db "
                            f"{db.root}` first")
+    require_files(src, "restore it, or rebuild the database from its inputs (`retrodb "
+                       "verify` lists what is affected)")
     out_dir = db.root / "tokens"
     with stage_lock(out_dir, "tokens"):
         dst = Manifest(out_dir, "tokens")

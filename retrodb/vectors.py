@@ -17,7 +17,7 @@ import numpy as np
 
 from .db import Database
 from .errors import RetrodbError
-from .runner import Manifest
+from .runner import Manifest, require_files
 
 
 class EmbeddingStore:
@@ -31,6 +31,8 @@ class EmbeddingStore:
         if not chunks.shards:
             raise RetrodbError(f"{db.root}: no chunks; run `retrodb chunk INPUT --db "
                                f"{db.root}` and `retrodb embed --db {db.root}` first")
+        require_files(chunks, "restore it, or rebuild the database from its inputs "
+                              "(`retrodb verify` lists what is affected)")
         m = Manifest(db.embeddings_dir, "embeddings")
         self.manifest = m
         if not m.shards:
@@ -40,14 +42,14 @@ class EmbeddingStore:
         for c in chunks.shards:
             e = m.entry(c["shard"])
             if e is None or not m.files_ok(e, checksum=False):
-                missing.append(c["shard"])
+                missing.append(c["shard"])  # absent, or its file missing or truncated
             elif e.get("source_sha256") != c["sha256"] or e["rows"] != c["rows"] \
                     or e["first_id"] != c["first_id"]:
                 stale.append(c["shard"])
         if missing or stale:
             parts = []
             if missing:
-                parts.append(f"missing for chunk shard(s) {_ranges(missing)}")
+                parts.append(f"missing or truncated for chunk shard(s) {_ranges(missing)}")
             if stale:
                 parts.append(f"computed from an older version of chunk shard(s) "
                              f"{_ranges(stale)}")
