@@ -28,3 +28,5 @@ echo "== retrodb generate (live retrieval from the index for every completed chu
 retrodb generate --db "$db" --run demo-retro "The for statement in Python differs a bit from what you may be used to in C. Rather than always iterating over an arithmetic progression of numbers, Python's for statement iterates over the items of any sequence" --max-tokens 64 --show-retrieval
 echo "== retrodb info"
 retrodb info "$db"
+echo "== summary"
+python examples/summary.py "$db"

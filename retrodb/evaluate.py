@@ -76,6 +76,11 @@ def evaluate_run(db_path, run: str, max_sequences: int = 0, overlap_alpha: float
         out["retrieval"] = run_eval()
         out["leakage_filtered"] = run_eval(exclude_overlap=overlap_alpha)
         out["overlap_alpha"] = overlap_alpha
+    from .storage import write_json
+    from .train import run_dir
+
+    out["max_sequences"] = max_sequences
+    write_json(run_dir(db_path, run) / "eval.json", out)  # the run's latest evaluation
     return out
 
 
