@@ -385,8 +385,8 @@ def build_neighbours(db_path: str | Path, cfg: NeighboursConfig = NeighboursConf
             rec["index_sha256"] = ident["sha256"]
             if rec["measured"] and not rec["reached"]:
                 note(f"filtered recall@{cfg.k} {rec['recall']:.3f} at nprobe "
-                     f"{rec['nprobe']} (all lists) is below --target-recall "
-                     f"{cfg.target_recall}: try more --candidates or a finer index")
+                     f"{rec['nprobe']} is below --target-recall {cfg.target_recall}: "
+                     "raise --nprobe, try more --candidates or a finer index")
         nprobe = (rec or {}).get("nprobe") or searcher.nprobe
         result.recall = rec
         m.record(None, k=cfg.k, settings=settings, index=ident, nprobe=nprobe,
