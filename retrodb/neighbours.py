@@ -285,7 +285,7 @@ def _query_db(db: Database, cfg: NeighboursConfig) -> Database | None:
         raise RetrodbError(f"--queries {cfg.queries}: embedded with {kb['name']} "
                            f"({kb['dim']}-d), the database with {ka['name']} "
                            f"({ka['dim']}-d); embed the queries with `retrodb embed --db "
-                           f"{cfg.queries} --model` the database's model")
+                           f"{cfg.queries} --model {ka['name']}` (the database's model)")
     return q
 
 
@@ -363,9 +363,10 @@ def build_neighbours(db_path: str | Path, cfg: NeighboursConfig = NeighboursConf
         tasks = [x for x in tasks if x.shard in live]
         todo = {x.shard for x in tasks}
         old_index = 0
-        for e in m.shards:  # searched in an older index: recompute
-            if e.get("index_sha256") != ident["sha256"] and e["shard"] not in todo \
-                    and not cfg.only_new:
+        cands = searcher.candidates
+        for e in m.shards:  # searched in an older index, or at another operating point
+            if (e.get("index_sha256") != ident["sha256"] or e.get("candidates") != cands) \
+                    and e["shard"] not in todo and not cfg.only_new:
                 tasks.append(ShardTask(e["shard"], qstore.manifest.entry(e["shard"]),
                                        out / e["file"]))
                 old_index += 1
@@ -376,13 +377,16 @@ def build_neighbours(db_path: str | Path, cfg: NeighboursConfig = NeighboursConf
         init = (str(db.root), None if qdb is None else str(qdb.root), cfg.nprobe,
                 cfg.candidates)
         rec = m.data.get("recall")
-        if tasks and (rec is None or rec.get("index_sha256") != ident["sha256"]):
+        if tasks and (rec is None or rec.get("index_sha256") != ident["sha256"]
+                      or rec.get("candidates") != cands
+                      or rec.get("start") != (cfg.nprobe or searcher.nprobe)):
             _init_worker(*init, threads=0)
             try:
                 rec = calibrate(qstore, cfg, same_doc, searcher)
             finally:
                 _WORKER.clear()
-            rec["index_sha256"] = ident["sha256"]
+            rec.update(index_sha256=ident["sha256"], candidates=cands,
+                       start=cfg.nprobe or searcher.nprobe)
             if rec["measured"] and not rec["reached"]:
                 note(f"filtered recall@{cfg.k} {rec['recall']:.3f} at nprobe "
                      f"{rec['nprobe']} is below --target-recall {cfg.target_recall}: "
@@ -428,7 +432,7 @@ def build_neighbours(db_path: str | Path, cfg: NeighboursConfig = NeighboursConf
             if spec.kind == "local" and spec.workers == 1:
                 threads = 0  # in-process: leave faiss's thread count alone
             fn = _NeighbourShard(str(db.root), None if qdb is None else str(qdb.root),
-                                 cfg, same_doc, ident["sha256"], nprobe)
+                                 cfg, same_doc, ident["sha256"], nprobe, cands)
             drainer = None
             if events is not None:
                 drainer = threading.Thread(target=drain, name="neighbours-progress",
@@ -575,6 +579,7 @@ class _NeighbourShard:
     same_doc: bool
     index_sha256: str
     nprobe: int
+    candidates: int
 
     def __call__(self, task: ShardTask, tmp: Path) -> dict:
         import pyarrow as pa
@@ -607,7 +612,7 @@ class _NeighbourShard:
         pq.write_table(table, tmp, compression="zstd")
         hist = stats.pop("hist", np.zeros(R_BINS + 1, dtype=np.int64))
         return {"rows": rows, "k": k, "index_sha256": self.index_sha256,
-                "nprobe": self.nprobe,
+                "nprobe": self.nprobe, "candidates": self.candidates,
                 "r_hist": hist.tolist(), **{s: int(v) for s, v in stats.items()}}
 
 
@@ -619,21 +624,25 @@ def search_filtered(xq: np.ndarray, qids: np.ndarray, cfg: NeighboursConfig,
     Runs where `_init_worker` ran. The coarse (PQ) search returns candidates in its
     order; those from the query's own document or from validation documents are
     removed *before* re-ranking, so the index's candidate budget (`candidates`, chosen
-    for unfiltered queries) is spent on eligible chunks only. A query with fewer than
-    that many eligible candidates is searched again with 4× the candidates, up to
-    cfg.max_search. The re-ranked list (exact scores) is then leakage-filtered.
+    for unfiltered queries) is spent on eligible chunks only. The re-ranked list
+    (exact scores) is then leakage-filtered. A query left with fewer than k is searched
+    again with 4× the candidates, up to cfg.max_search; then it is padded with -1.
     """
     searcher, tokens, qtokens, split = (_WORKER["searcher"], _WORKER["tokens"],
                                         _WORKER["qtokens"], _WORKER["split"])
     k, n = cfg.k, len(xq)
     c = searcher.candidates
-    need = max(c, k)  # eligible candidates to keep per query
-    by_doc = same_doc or (cfg.exclude_validation and split is not None)
-    limit = max(need, min(cfg.max_search, searcher.index.ntotal))
-    limit = min(limit, searcher.index.ntotal)
+    alpha = cfg.exclude_overlap if overlap else None
+    # eligible candidates to keep per query: the re-ranking budget; with a leakage
+    # filter a few more, since it drops some of them after re-ranking
+    need = max(c, k) if alpha is None else max(c, 4 * k)
+    val_split = split if cfg.exclude_validation else None
+    by_doc = same_doc or val_split is not None
+    ntotal = int(searcher.index.ntotal)
+    limit = min(max(need, cfg.max_search), ntotal)
+    need = min(need, limit)
     fetch = min(limit, 2 * need + 8 if by_doc else need)
     searcher._set_nprobe(nprobe or searcher.nprobe)
-    alpha = cfg.exclude_overlap if overlap else None
     out_i = np.full((n, k), -1, dtype=np.int64)
     out_s = np.full((n, k), np.nan, dtype=np.float32)
     qrows = qtokens.rows(qids)
@@ -643,48 +652,18 @@ def search_filtered(xq: np.ndarray, qids: np.ndarray, cfg: NeighboursConfig,
     todo = np.arange(n)
     first_pass = True
     while len(todo):
-        D, I = searcher.index.search(np.ascontiguousarray(xq[todo]), fetch)
-        stats["searched"] += len(todo) * fetch
-        if not first_pass:
-            stats["widened"] += len(todo)
-        elig = I >= 0
-        drop_d = drop_v = np.zeros_like(elig)
-        if by_doc:
-            doc = tokens.doc_ids(np.where(elig, I, -1))
-            if same_doc:
-                drop_d = elig & (doc == qrows["doc_id"][todo][:, None])
-            if cfg.exclude_validation and split is not None:
-                drop_v = elig & ~drop_d & split.is_validation(doc)
-            elig &= ~(drop_d | drop_v)
-        fin = (elig.sum(axis=1) >= need) | (I[:, -1] < 0) | (fetch >= limit)
-        if fin.any():
-            e, If, Df = elig[fin], I[fin], D[fin]
-            cols = np.argsort(~e, axis=1, kind="stable")[:, :need]  # eligible, PQ order
-            ok = np.take_along_axis(e, cols, axis=1)
-            cand = np.where(ok, np.take_along_axis(If, cols, axis=1), -1)
-            cut = cols.max(axis=1, initial=0, where=ok)  # last PQ position used
-            used = np.arange(fetch)[None, :] <= cut[:, None]
-            stats["dropped_same_doc"] += int((drop_d[fin] & used).sum())
-            stats["dropped_validation"] += int((drop_v[fin] & used).sum())
-            if c:  # exact scores from the stored keys, best first
-                from .index import rerank
-
-                S2, I2 = rerank(searcher.store, np.ascontiguousarray(xq[todo[fin]]), cand,
-                                need)
-            else:
-                S2, I2 = np.where(ok, np.take_along_axis(Df, cols, axis=1), -np.inf), cand
-            keep = I2 >= 0
-            if alpha is not None:
-                keep &= _lazy_overlap_keep(qrows[todo[fin]], I2, keep, k, alpha, tokens,
-                                           stats)
-            pick = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-            got = np.take_along_axis(keep, pick, axis=1)
-            out_i[todo[fin]] = np.where(got, np.take_along_axis(I2, pick, axis=1), -1)
-            out_s[todo[fin]] = np.where(got, np.take_along_axis(S2, pick, axis=1), np.nan)
-            short = got.sum(axis=1) < k
-            stats["short"] += int(short.sum())
-            stats["missing"] += int((k - got.sum(axis=1)).sum())
-        todo = todo[~fin]
+        retry = []
+        # bounded work per call: (queries × candidates) ≤ 2M ids whatever the widening
+        step = max(1, (1 << 21) // fetch)
+        for lo in range(0, len(todo), step):
+            rows = todo[lo:lo + step]
+            retry.append(_search_rows(xq, rows, qrows, fetch, limit, need, k, c, alpha,
+                                      same_doc, val_split, searcher, tokens, out_i,
+                                      out_s, stats))
+            stats["searched"] += len(rows) * fetch
+            if not first_pass:
+                stats["widened"] += len(rows)
+        todo = np.concatenate(retry) if retry else todo[:0]
         fetch = min(limit, fetch * 4)
         first_pass = False
     valid = out_i >= 0
@@ -695,27 +674,80 @@ def search_filtered(xq: np.ndarray, qids: np.ndarray, cfg: NeighboursConfig,
     return out_i, out_s
 
 
+def _search_rows(xq, rows, qrows, fetch, limit, need, k, c, alpha, same_doc, val_split,
+                 searcher, tokens, out_i, out_s, stats) -> np.ndarray:
+    """One pass for the queries `rows`: fills out_i/out_s of the finished ones and
+    returns the rows to search again wider."""
+    x = np.ascontiguousarray(xq[rows])
+    D, I = searcher.index.search(x, fetch)
+    elig = I >= 0
+    drop_d = drop_v = np.zeros_like(elig)
+    if same_doc or val_split is not None:
+        doc = tokens.doc_ids(np.where(elig, I, -1))
+        if same_doc:
+            drop_d = elig & (doc == qrows["doc_id"][rows][:, None])
+        if val_split is not None:
+            drop_v = elig & ~drop_d & val_split.is_validation(doc)
+        elig &= ~(drop_d | drop_v)
+    exhausted = (I[:, -1] < 0) | (fetch >= limit)
+    # the first `need` eligible candidates, in PQ order
+    cols = np.argsort(~elig, axis=1, kind="stable")[:, :need]
+    ok = np.take_along_axis(elig, cols, axis=1)
+    cand = np.where(ok, np.take_along_axis(I, cols, axis=1), -1)
+    if c:  # exact scores from the stored keys, best first
+        from .index import rerank
+
+        S2, I2 = rerank(searcher.store, x, cand, cand.shape[1])
+    else:
+        S2, I2 = np.where(ok, np.take_along_axis(D, cols, axis=1), -np.inf), cand
+    keep = I2 >= 0
+    drop_o = np.zeros_like(keep)
+    if alpha is not None:
+        keep, drop_o = _lazy_overlap_keep(qrows[rows], I2, keep, k, alpha, tokens)
+    got_n = np.minimum(keep.sum(axis=1), k)
+    final = (got_n >= k) | exhausted
+    if final.any():
+        f = final
+        pick = np.argsort(~keep[f], axis=1, kind="stable")[:, :k]
+        got = np.take_along_axis(keep[f], pick, axis=1)
+        out_i[rows[f]] = np.where(got, np.take_along_axis(I2[f], pick, axis=1), -1)
+        out_s[rows[f]] = np.where(got, np.take_along_axis(S2[f], pick, axis=1), np.nan)
+        stats["short"] += int((got_n[f] < k).sum())
+        stats["missing"] += int((k - got_n[f]).sum())
+        # drops that mattered: candidates ranked before the last one used
+        any_ok = ok[f].any(axis=1)
+        last = np.where(any_ok, np.max(np.where(ok[f], cols[f], -1), axis=1), fetch - 1)
+        used = np.arange(fetch)[None, :] <= last[:, None]
+        stats["dropped_same_doc"] += int((drop_d[f] & used).sum())
+        stats["dropped_validation"] += int((drop_v[f] & used).sum())
+        kept_before = np.cumsum(keep[f], axis=1) - keep[f]
+        stats["dropped_overlap"] += int((drop_o[f] & (kept_before < k)).sum())
+    return rows[~final]
+
+
 def _lazy_overlap_keep(qrows: np.ndarray, ids: np.ndarray, valid: np.ndarray, k: int,
-                       alpha: float, tokens, stats: dict) -> np.ndarray:
-    """Which ranked candidates pass r ≤ α. r (a 64 × 64 dynamic programme per pair) is
-    computed for the first 4k candidates, then further down only in rows still short
-    of k; the rows that are not short never use their unchecked tail."""
+                       alpha: float, tokens) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, dropped): which ranked candidates pass r ≤ α. r (a 64 × 64 dynamic
+    programme per pair) is computed for the first 4k candidates, then further down
+    only in rows still short of k; rows that are not short never use the rest."""
     keep = valid.copy()
+    dropped = np.zeros_like(valid)
     head = min(ids.shape[1], 4 * k)
 
     def apply(rows: np.ndarray, lo: int, hi: int) -> None:
-        mask = np.zeros_like(valid)
-        mask[rows, lo:hi] = valid[rows, lo:hi]
-        r = _ratios(qrows, tokens.rows(np.where(mask, ids, -1)), mask, tokens.chunk_size)
+        sub = ids[rows, lo:hi]
+        mask = valid[rows, lo:hi]
+        r = _ratios(qrows[rows], tokens.rows(np.where(mask, sub, -1)), mask,
+                    tokens.chunk_size)
         drop = mask & (r > alpha)
-        stats["dropped_overlap"] += int(drop.sum())
-        keep[drop] = False
+        dropped[rows, lo:hi] |= drop
+        keep[rows, lo:hi] &= ~drop
 
     apply(np.arange(len(ids)), 0, head)
     short = np.flatnonzero(keep[:, :head].sum(axis=1) < k)
     if len(short) and head < ids.shape[1]:
         apply(short, head, ids.shape[1])
-    return keep
+    return keep, dropped
 
 
 def _ratios(qrows: np.ndarray, nrows: np.ndarray, mask: np.ndarray,

@@ -120,7 +120,21 @@ class TokenStore:
         return self.rows(ids)["tokens"]
 
     def doc_ids(self, ids) -> np.ndarray:
-        return self.rows(ids)["doc_id"]
+        """Document ids of chunk ids (any shape); -1 for id -1. Reads only that field,
+        not the tokens (the filters call it for every candidate)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        flat = ids.reshape(-1)
+        bad = (flat < -1) | (flat >= self.n_chunks)
+        if bad.any():
+            raise RetrodbError(f"chunk id {int(flat[bad][0])} is outside the database "
+                               f"(0..{self.n_chunks - 1})")
+        out = np.full(len(flat), -1, dtype=np.int64)
+        valid = flat >= 0
+        shard = np.searchsorted(self.first_ids, flat, side="right") - 1
+        for s in np.unique(shard[valid]):
+            sel = valid & (shard == s)
+            out[sel] = self.maps[s]["doc_id"][flat[sel] - self.first_ids[s]]
+        return out.reshape(ids.shape)
 
     def continuation_ids(self, ids) -> np.ndarray:
         """c + 1 where it is the next chunk of c's document, else -1."""

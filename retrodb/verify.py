@@ -121,19 +121,35 @@ def _check_neighbours(db: Database, d: Path, rep: VerifyReport, checksums: bool,
                                     f"{e['first_id']} over {e['rows']} rows")
         nb = t.column("neighbours").combine_chunks().flatten().to_numpy()
         if len(nb) and (nb.min() < -1 or nb.max() >= n_db):
-            rep.add("error", stage, f"{e['file']}: neighbour id {int(nb.max())} outside the "
+            wrong = int(nb.max()) if nb.max() >= n_db else int(nb.min())
+            rep.add("error", stage, f"{e['file']}: neighbour id {wrong} outside the "
                                     f"database (0..{n_db - 1})")
     current = (Manifest(db.index_dir, "index").data.get("merged") or {}).get("sha256")
     old = [e["shard"] for e in m.shards if e.get("index_sha256") != current]
     if old:
         rep.add("warning", stage, f"{len(old)} shard(s) were searched in an older index; "
                                   f"rerun `retrodb neighbours --set {d.name}` to redo them")
-    if sample > 0 and m.shards and not old:
-        _recompute_neighbours(db, m, stage, sample, seed, rep)
+    from .split import load_split
+
+    want = (m.data.get("settings") or {}).get("split")
+    have = load_split(db.root)
+    if want is not None and (have is None or want != {"val_fraction": have.val_fraction,
+                                                      "seed": have.seed}):
+        rep.add("warning", stage, f"built for the split {want}, the database's split.json "
+                                  "now differs; rebuild the set (delete it, rerun "
+                                  "`retrodb neighbours`)")
+        return
+    if sample > 0 and m.shards:
+        current_shards = [e for e in m.shards if e.get("index_sha256") == current]
+        if current_shards:
+            try:
+                _recompute_neighbours(db, m, stage, sample, seed, rep, current_shards)
+            except RetrodbError as err:
+                rep.add("warning", stage, f"shards not recomputed: {err}")
 
 
 def _recompute_neighbours(db: Database, m: Manifest, stage: str, sample: float, seed: int,
-                          rep: VerifyReport) -> None:
+                          rep: VerifyReport, entries: list[dict]) -> None:
     from .neighbours import (NeighboursConfig, _init_worker, _NeighbourShard, _WORKER)
     from .runner import ShardTask
 
@@ -145,7 +161,7 @@ def _recompute_neighbours(db: Database, m: Manifest, stage: str, sample: float, 
                            exclude_validation=st.get("exclude_validation", True),
                            max_search=st.get("max_search", 4096),
                            candidates=m.data.get("candidates"))
-    shards = [e["shard"] for e in m.shards]
+    shards = [e["shard"] for e in entries]
     n = max(1, round(sample * len(shards)))
     _init_worker(str(db.root), qroot, m.data.get("nprobe"), m.data.get("candidates"), 0)
     try:
@@ -155,9 +171,11 @@ def _recompute_neighbours(db: Database, m: Manifest, stage: str, sample: float, 
                 rep.add("error", stage, f"{e['file']}: its query embedding shard {s} is "
                                         "gone; rerun `retrodb neighbours`")
                 continue
+            cands = int(e.get("candidates", m.data.get("candidates") or 0))
+            _WORKER["searcher"].candidates = cands  # the shard's own operating point
             fn = _NeighbourShard(str(db.root), qroot, cfg, bool(st.get("exclude_same_doc")),
                                  e.get("index_sha256", ""), int(e.get("nprobe") or
-                                                                m.data["nprobe"]))
+                                                                m.data["nprobe"]), cands)
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / e["file"]
                 fn(ShardTask(s, src, out), out)

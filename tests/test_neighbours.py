@@ -201,6 +201,8 @@ def test_leakage_filter_removes_a_planted_duplicate(dup_pair):
     assert not (dt.tokens(ids[:, 0]) == qt.tokens(np.arange(n))).all(axis=1).any()
     rep = neighbours_report(db, "clean")
     assert rep["dropped_overlap"] >= n and sum(rep["r_hist"][5:]) == 0  # all r ≤ 0.25
+    # the copies dropped, the search widened: every query still has its k neighbours
+    assert rep["short"] == 0 and (ids >= 0).all()
     from retrodb.overlap import overlap_ratio
 
     valid = ids >= 0
