@@ -79,10 +79,15 @@ def main() -> None:
     # Memory is bounded by the shard, not the corpus: shards smaller than the corpus
     # (the default, 1M rows, would hold all of 60 MB in one) show it.
     ap.add_argument("--shard-size", type=int, default=50_000)
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from WORK/scale.json")
     args = ap.parse_args()
     files = files_under(args.inputs)
     sizes = {"1x": files[::2], "2x": files}
     stats: dict[str, dict] = {}
+    if args.report_only:
+        stats = json.loads((args.work / "scale.json").read_text())
+        sizes = {}
     for label, chosen in sizes.items():
         corpus = args.work / f"corpus-{label}"
         db = args.work / f"db-{label}"
@@ -106,7 +111,8 @@ def main() -> None:
         st["index"]["factory"] = info["stages"]["index"]["factory"]
         st["index"]["recall"] = info["stages"]["index"].get("recall")
         stats[label] = st
-    (args.work / "scale.json").write_text(json.dumps(stats, indent=1))
+    if not args.report_only:
+        (args.work / "scale.json").write_text(json.dumps(stats, indent=1))
     a, b = stats["1x"], stats["2x"]
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
                f"{platform.python_version()}")

@@ -210,7 +210,7 @@ def test_missing_or_incomplete_embeddings(chunked_db, tmp_path):
     with pytest.raises(RetrodbError, match=r"no embeddings; run `retrodb embed"):
         build_index(db, IndexConfig(factory=FAKE_FACTORY))
     fake_embeddings(db, shards=[0, 2])
-    with pytest.raises(RetrodbError, match=r"incomplete \(1 of 3 shards: missing for "
+    with pytest.raises(RetrodbError, match=r"incomplete \(1 of 3 shards: missing or truncated for "
                                            r"chunk shard\(s\) 1\)"):
         build_index(db, IndexConfig(factory=FAKE_FACTORY))
 
