@@ -26,7 +26,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RAW = r"""
 import json, resource, sys, time
 from pathlib import Path
-from retrodb.tokenizer import resolve_tokenizer
+from retrodb.stages.chunk.tokenizer import resolve_tokenizer
 tok = resolve_tokenizer(None).load()
 files = sorted(p for p in Path(sys.argv[1]).rglob("*") if p.is_file())
 texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
@@ -42,7 +42,7 @@ print(json.dumps({"tokens": n, "seconds": dt,
 
 OURS = r"""
 import json, resource, sys, time
-from retrodb.chunk import ChunkConfig, chunk_corpus
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
 t0 = time.perf_counter()
 r = chunk_corpus(sys.argv[2], [sys.argv[1]], ChunkConfig(workers=int(sys.argv[3]),
                  shard_size=int(sys.argv[4])))

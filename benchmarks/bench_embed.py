@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _chunk(corpus: Path, copies: int, tmp: Path) -> Path:
-    from retrodb.chunk import ChunkConfig, chunk_corpus
+    from retrodb.stages.chunk import ChunkConfig, chunk_corpus
 
     src = tmp / "corpus"
     for i in range(copies):
@@ -73,7 +73,7 @@ def peak_matmul(tokens: int, hidden: int, inner: int, cores: int) -> dict[str, f
     the cores (the ideal, what independent lanes can reach), and all cores as threads."""
     import torch
 
-    from retrodb.embedder import _onednn_class
+    from retrodb.stages.embed.embedder import _onednn_class
 
     rates: dict[str, float] = {}
     lin_cls = _onednn_class()
@@ -115,8 +115,8 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from retrodb.embed import EmbedConfig, embed_db
-    from retrodb.tokenizer import default_model_dir
+    from retrodb.stages.embed import EmbedConfig, embed_db
+    from retrodb.stages.chunk.tokenizer import default_model_dir
 
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:

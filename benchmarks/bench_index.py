@@ -46,7 +46,7 @@ def scratch_copy(src: Path, dst: Path) -> Path:
 
 def recall10(x_ids: np.ndarray, gt_d: np.ndarray, keys, xq: np.ndarray) -> float:
     """Share of results whose exact score reaches the exact 10th score (ties counted)."""
-    from retrodb.index import recall_at
+    from retrodb.stages.index import recall_at
 
     return recall_at(keys, xq, x_ids, gt_d, 10)
 
@@ -62,9 +62,10 @@ def main() -> None:
 
     import faiss
 
-    from retrodb.index import IndexConfig, IndexSearcher, add_parts, merge_index, train_index
-    from retrodb.runner import Manifest
-    from retrodb.vectors import EmbeddingStore
+    from retrodb.stages.index import IndexConfig, add_parts, merge_index, train_index
+    from retrodb.stores.searcher import IndexSearcher
+    from retrodb.core.manifest import Manifest
+    from retrodb.stores.vectors import EmbeddingStore
 
     with tempfile.TemporaryDirectory(dir=args.db.parent) as tmp:
         db = scratch_copy(args.db, Path(tmp) / "db")

@@ -50,9 +50,9 @@ def main() -> None:
 
     import faiss
 
-    from retrodb.index import IndexSearcher
-    from retrodb.neighbours import NeighboursConfig, build_neighbours
-    from retrodb.vectors import EmbeddingStore
+    from retrodb.stores.searcher import IndexSearcher
+    from retrodb.stages.neighbours import NeighboursConfig, build_neighbours
+    from retrodb.stores.vectors import EmbeddingStore
 
     with tempfile.TemporaryDirectory(dir=args.db.parent) as tmp:
         db = scratch_copy(args.db, Path(tmp) / "db")

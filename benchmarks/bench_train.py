@@ -42,8 +42,8 @@ def standin_neighbours(db: Path, k: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from retrodb.runner import Manifest, file_record, shard_name
-    from retrodb.tokens import TokenStore
+    from retrodb.core.manifest import Manifest, file_record, shard_name
+    from retrodb.stores.tokens import TokenStore
 
     store = TokenStore(db)
     n = store.n_chunks
@@ -101,11 +101,11 @@ def speed(db: Path, neighbours: str, preset: str, batch_size: int, seq_chunks: i
     """Median seconds per training step of ours and retro-pytorch's, interleaved."""
     import torch
 
-    from retrodb.db import Database
-    from retrodb.model import Retro, preset_config
-    from retrodb.neighbours import NeighbourTable
-    from retrodb.sequences import Sequences
-    from retrodb.split import load_split
+    from retrodb.core.db import Database
+    from retrodb.training.model import Retro, preset_config
+    from retrodb.stores.neighbour_table import NeighbourTable
+    from retrodb.training.sequences import Sequences
+    from retrodb.stores.split import load_split
 
     RETRO, theirs_version = load_retro_pytorch()
     cfg = Database(db).config()
@@ -158,8 +158,8 @@ def speed(db: Path, neighbours: str, preset: str, batch_size: int, seq_chunks: i
 
 
 def quality(db: Path, neighbours: str, args) -> dict:
-    from retrodb.evaluate import evaluate_run
-    from retrodb.train import TrainConfig, train
+    from retrodb.training.evaluate import evaluate_run
+    from retrodb.training.train import TrainConfig, train
 
     base = TrainConfig(run="bench-retro", preset=args.preset, neighbours=neighbours,
                        steps=args.steps, seq_chunks=args.seq_chunks,
@@ -194,12 +194,12 @@ def main() -> None:
     ap.add_argument("--speed-steps", type=int, default=4)
     ap.add_argument("--speed-batch", type=int, default=8)
     args = ap.parse_args()
-    from retrodb.split import ensure_split, load_split
+    from retrodb.stores.split import ensure_split, load_split
 
     with tempfile.TemporaryDirectory() as tmp:
         db, neighbours, standin = args.db, args.neighbours, False
         if args.corpus:
-            from retrodb.chunk import ChunkConfig, chunk_corpus
+            from retrodb.stages.chunk import ChunkConfig, chunk_corpus
 
             db = Path(tmp) / "db"
             chunk_corpus(db, [str(args.corpus)], ChunkConfig(shard_size=100_000))
@@ -212,7 +212,7 @@ def main() -> None:
         q = quality(db, neighbours, args)
         s = speed(db, neighbours, args.preset, args.speed_batch, args.seq_chunks,
                   args.speed_steps)
-        from retrodb.sequences import document_table
+        from retrodb.stores.chunks import document_table
         docs = document_table(db)
     write(args, q, s, standin, docs)
 

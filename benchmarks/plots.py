@@ -84,7 +84,7 @@ def main() -> None:
     recall_plot(args.db, docs / "recall.png")
     print("wrote docs/recall.png")
     if args.train_db:
-        from retrodb.plot import plot_runs
+        from retrodb.training.plot import plot_runs
 
         plot_runs(args.train_db, args.runs.split(","), docs / "training.png")
         print("wrote docs/training.png")

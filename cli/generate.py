@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from ._common import err, out, print_json, user_errors
+from .common import check_text, err, escape, print_json, user_errors, write
+from .options import DB, JSON
 
 
 @user_errors
 def generate_cli(
-    prompt: str = typer.Argument(..., help="Text to continue."),
-    db: Path = typer.Option(..., "--db", help="Database directory (its index serves "
-                            "retrieval)."),
-    run: str = typer.Option(..., "--run", help="Run name (DB/models/RUN)."),
+    prompt: str = typer.Argument(..., help="Text to continue.", show_default=False),
+    db: str = DB,
+    run: str = typer.Option(..., "--run", help="Run name (DB/models/RUN).",
+                            show_default=False),
     max_tokens: int = typer.Option(128, help="Tokens to generate."),
     k: int = typer.Option(2, "-k", help="Neighbours retrieved per chunk."),
-    temperature: float = typer.Option(0.8, help="Sampling temperature."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (0: greedy)."),
     top_k: int = typer.Option(50, help="Sample among the top K tokens (0: all)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     no_retrieval: bool = typer.Option(False, "--no-retrieval", help="Generate without "
@@ -25,26 +24,36 @@ def generate_cli(
     show_retrieval: bool = typer.Option(False, "--show-retrieval", help="Print each "
                                         "chunk's retrieved neighbours and their sources."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: bool = JSON,
 ):
     """Continue PROMPT chunk by chunk; every completed chunk queries the index and its
-    neighbours feed the next chunk, as the paper does at sampling time.
+    neighbours feed the next chunk, as the paper does at sampling time. The text is
+    printed exactly as generated.
 
-    Example: retrodb generate --db mydb --run retro-small "A list comprehension" --show-retrieval
+    Example: retrodb generate --db mydb --run retro-small "A list comprehension"
     """
     from dataclasses import asdict
 
-    from retrodb.generate import generate
+    from retrodb.core.errors import RetrodbError
+    from retrodb.training.generate import generate
 
+    check_text(prompt, "PROMPT")
+    if max_tokens <= 0:
+        raise RetrodbError(f"--max-tokens {max_tokens}: must be at least 1")
+    if k <= 0:
+        raise RetrodbError(f"-k {k}: must be at least 1")
+    if temperature < 0 or top_k < 0:
+        raise RetrodbError(f"--temperature {temperature} / --top-k {top_k}: must be 0 or "
+                           "more")
     g = generate(db, run, prompt, max_tokens, k, temperature, top_k, seed,
                  retrieval=not no_retrieval, device=device)
     if json_out:
         print_json(asdict(g))
         return
-    out.print(f"[bold]{prompt}[/]{g.text}", highlight=False)
+    write(prompt + g.text)
     if show_retrieval:
         for r in g.retrieved:
-            err.print(f"\n[bold]chunk {r.chunk}[/]: {r.query[:80]!r}", highlight=False)
+            err.print(f"\nchunk {r.chunk}: {escape(repr(r.query))}")
             for h in r.hits:
-                err.print(f"  #{h['chunk_id']} {h['source']}: {h['text'][:100]!r}",
-                          highlight=False)
+                err.print(f"  #{h['chunk_id']} {escape(h['source'])}: "
+                          f"{escape(repr(h['text']))}")

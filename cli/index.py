@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ._common import err, human_count, print_json, user_errors
+from .common import err, escape, human_count, print_json, user_errors
+from .options import EXECUTOR, JSON, RAY_ADDRESS, WORKERS
+from .progress import Reporter
 
 app = typer.Typer(
     help="Build the database's faiss index: train, add one part per embedding shard, "
          "merge into on-disk lists, measure recall.\n\n"
          "Without a sub-command, runs the three steps (each skips what is done).\n\n"
          "Example: retrodb index --db mydb --workers 2",
-    no_args_is_help=False, invoke_without_command=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=False, invoke_without_command=True, rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
-DB_HELP = "Database directory (with embeddings)."
+DB_HELP = "Database directory or URL (with embeddings)."
 FACTORY_HELP = ("A faiss index_factory string with an IVF layer, e.g. "
                 "'OPQ32_128,IVF65536_HNSW32,PQ32' (default: chosen by autofaiss for the "
                 "number of vectors and --memory-budget).")
@@ -39,8 +39,8 @@ QUERIES_HELP = "Chunks sampled as queries to measure recall against exact search
 def _config(factory=None, memory_budget="8G", train_size=None, workers=1, executor="local",
             ray_address=None, target_recall=0.9, candidates="0,40,100,250",
             recall_queries=1000, seed=0, max_code_bytes=64, max_nprobe=4096):
-    from retrodb.errors import RetrodbError
-    from retrodb.index import IndexConfig
+    from retrodb.core.errors import RetrodbError
+    from retrodb.stages.index import IndexConfig
 
     try:
         cands = tuple(int(c) for c in str(candidates).split(",") if c.strip())
@@ -58,20 +58,20 @@ def _config(factory=None, memory_budget="8G", train_size=None, workers=1, execut
 @user_errors
 def index_cli(
     ctx: typer.Context,
-    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
-    factory: Optional[str] = typer.Option(None, help=FACTORY_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    factory: Optional[str] = typer.Option(None, help=FACTORY_HELP, show_default=False),
     memory_budget: str = typer.Option("8G", help=BUDGET_HELP),
     max_code_bytes: int = typer.Option(64, help=CODE_HELP),
-    train_size: Optional[int] = typer.Option(None, help=TRAIN_HELP),
-    workers: int = typer.Option(1, help=WORKERS_HELP),
-    executor: str = typer.Option("local", help="'local' processes, or 'ray' tasks."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address."),
+    train_size: Optional[int] = typer.Option(None, help=TRAIN_HELP, show_default=False),
+    workers: int = WORKERS,
+    executor: str = EXECUTOR,
+    ray_address: Optional[str] = RAY_ADDRESS,
     target_recall: float = typer.Option(0.9, help=TARGET_HELP),
     candidates: str = typer.Option("0,40,100,250", help=CAND_HELP),
     recall_queries: int = typer.Option(1000, help=QUERIES_HELP),
     max_nprobe: int = typer.Option(4096, help=NPROBE_HELP),
     seed: int = typer.Option(0, help="Seed of the training sample and recall queries."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: bool = JSON,
 ):
     """Train, add and merge the index; measure recall and choose nprobe.
 
@@ -82,15 +82,15 @@ def index_cli(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from retrodb.errors import RetrodbError
-    from retrodb.index import build_index
+    from retrodb.core.errors import RetrodbError
+    from retrodb.stages.index import build_index
 
     if db is None:
         raise RetrodbError("--db: give the database directory, e.g. retrodb index --db mydb")
     cfg = _config(factory, memory_budget, train_size, workers, executor, ray_address,
                   target_recall, candidates, recall_queries, seed, max_code_bytes,
                   max_nprobe)
-    with IndexProgress() as bar:
+    with Reporter() as bar:
         result = build_index(db, cfg, on_progress=bar.update)
     report(result, json_out)
 
@@ -98,23 +98,23 @@ def index_cli(
 @app.command("train")
 @user_errors
 def train_cli(
-    db: Path = typer.Option(..., "--db", help=DB_HELP),
-    factory: Optional[str] = typer.Option(None, help=FACTORY_HELP),
+    db: str = typer.Option(..., "--db", help=DB_HELP, show_default=False),
+    factory: Optional[str] = typer.Option(None, help=FACTORY_HELP, show_default=False),
     memory_budget: str = typer.Option("8G", help=BUDGET_HELP),
     max_code_bytes: int = typer.Option(64, help=CODE_HELP),
-    train_size: Optional[int] = typer.Option(None, help=TRAIN_HELP),
+    train_size: Optional[int] = typer.Option(None, help=TRAIN_HELP, show_default=False),
     seed: int = typer.Option(0, help="Seed of the training sample."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: bool = JSON,
 ):
     """Step 1: train the empty index on a uniform sample of the embeddings.
 
     Example: retrodb index train --db mydb --factory 'IVF4096_HNSW32,PQ64'
     """
-    from retrodb.index import train_index
+    from retrodb.stages.index import train_index
 
     cfg = _config(factory, memory_budget, train_size, seed=seed,
                   max_code_bytes=max_code_bytes)
-    with IndexProgress() as bar:
+    with Reporter() as bar:
         result = train_index(db, cfg, on_progress=bar.update)
     report(result, json_out)
 
@@ -122,20 +122,20 @@ def train_cli(
 @app.command("add")
 @user_errors
 def add_cli(
-    db: Path = typer.Option(..., "--db", help=DB_HELP),
-    workers: int = typer.Option(1, help=WORKERS_HELP),
-    executor: str = typer.Option("local", help="'local' processes, or 'ray' tasks."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    db: str = typer.Option(..., "--db", help=DB_HELP, show_default=False),
+    workers: int = WORKERS,
+    executor: str = EXECUTOR,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    json_out: bool = JSON,
 ):
     """Step 2: add every embedding shard without a part (in parallel with --workers).
 
     Example: retrodb index add --db mydb --workers 2
     """
-    from retrodb.index import add_parts
+    from retrodb.stages.index import add_parts
 
     cfg = _config(workers=workers, executor=executor, ray_address=ray_address)
-    with IndexProgress() as bar:
+    with Reporter() as bar:
         result = add_parts(db, cfg, on_progress=bar.update)
     report(result, json_out)
 
@@ -143,23 +143,23 @@ def add_cli(
 @app.command("merge")
 @user_errors
 def merge_cli(
-    db: Path = typer.Option(..., "--db", help=DB_HELP),
+    db: str = typer.Option(..., "--db", help=DB_HELP, show_default=False),
     target_recall: float = typer.Option(0.9, help=TARGET_HELP),
     candidates: str = typer.Option("0,40,100,250", help=CAND_HELP),
     recall_queries: int = typer.Option(1000, help=QUERIES_HELP),
     max_nprobe: int = typer.Option(4096, help=NPROBE_HELP),
     seed: int = typer.Option(0, help="Seed of the recall queries."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: bool = JSON,
 ):
     """Step 3: merge the parts into on-disk lists; measure recall and choose nprobe.
 
     Example: retrodb index merge --db mydb --target-recall 0.95
     """
-    from retrodb.index import merge_index
+    from retrodb.stages.index import merge_index
 
     cfg = _config(target_recall=target_recall, candidates=candidates,
                   recall_queries=recall_queries, seed=seed, max_nprobe=max_nprobe)
-    with IndexProgress() as bar:
+    with Reporter() as bar:
         result = merge_index(db, cfg, on_progress=bar.update)
     report(result, json_out)
 
@@ -178,73 +178,42 @@ def report(result, json_out: bool) -> None:
         how = "" if result.chosen_by == "--factory" else f" (chosen by {result.chosen_by})"
         extra = f" on {human_count(result.train_size)} vectors, {s['train']:.1f} s" \
             if result.trained else ""
-        err.print(f"{verb} index {result.factory}{how}{extra}", highlight=False)
+        err.print(f"{verb} index {escape(result.factory)}{escape(how)}{extra}")
     if "add" in s:
         rate = result.vectors_added / s["add"] if s["add"] else 0
         err.print(f"added {result.parts_added} parts ({human_count(result.vectors_added)} "
-                  f"vectors) in {s['add']:.1f} s ({human_count(rate)} vectors/s)",
-                  highlight=False)
+                  f"vectors) in {s['add']:.1f} s ({human_count(rate)} vectors/s)")
     if result.merged:
         err.print(f"merged {human_count(result.ntotal)} vectors into on-disk lists in "
-                  f"{s['merge']:.1f} s", highlight=False)
+                  f"{s['merge']:.1f} s")
     if result.recall is not None:
-        recall_table(result.recall)
+        recall_table(result.recall, result.factory)
     for n in result.notes:
-        err.print(f"note: {n}", highlight=False)
+        err.print(f"note: {escape(n)}")
 
 
-def recall_table(rec: dict) -> None:
-    from rich.table import Table
+def recall_table(rec: dict, factory: str = "") -> None:
+    """The recall sweep (stderr): what each nprobe × candidates setting reached."""
+    from .common import table
 
     k = rec["k"]
     chosen = rec["chosen"]
-    table = Table("nprobe", "candidates", "recall@1", f"recall@{k}", "ms/query",
-                  title=f"recall vs exact search ({rec['queries']} queries; exact: "
-                        f"{rec['exact_ms_per_query']:.2f} ms/query streamed from disk)")
+    queries = rec.get("queries_used", rec["queries"])
+    codes = "codes only" if "Flat" not in factory.split(",")[-1] else "index only"
+    t = table("nprobe", "candidates", "recall@1", f"recall@{k}", "ms/query",
+              title=f"recall vs exact search ({queries} queries; exact: "
+                    f"{rec['exact_ms_per_query']:.2f} ms/query streamed from disk)")
     for p in rec["sweep"]:
         mark = " ◀ chosen" if p == chosen else ""
-        table.add_row(str(p["nprobe"]), str(p["candidates"] or "PQ only"),
-                      f"{p['recall@1']:.3f}", f"{p[f'recall@{k}']:.3f}",
-                      f"{p['ms_per_query']:.3f}{mark}")
-    err.print(table)
+        t.add_row(str(p["nprobe"]), str(p["candidates"] or codes),
+                  f"{p['recall@1']:.3f}", f"{p[f'recall@{k}']:.3f}",
+                  f"{p['ms_per_query']:.3f}{mark}")
+    err.print(t)
     line = (f"chosen: nprobe {chosen['nprobe']}, {chosen['candidates']} candidates "
             f"re-ranked → recall@{k} {chosen[f'recall@{k}']:.3f}, "
             f"{chosen['ms_per_query']:.3f} ms/query")
     if not rec["reached"]:
         err.print(f"[yellow]warning:[/] no setting reached --target-recall {rec['target']}; "
-                  f"best: {line[8:]}. Try more --candidates or a finer --factory",
-                  highlight=False)
+                  f"best: {line[8:]}. Try more --candidates or a finer --factory")
     else:
-        err.print(line, highlight=False)
-
-
-class IndexProgress:
-    """A rich progress bar per step on stderr (sample, train, add, merge, exact, recall)."""
-
-    LABELS = {"sample": "read sample", "train": "train", "add": "add parts",
-              "merge": "merge", "exact": "exact search", "recall": "nprobe sweep"}
-
-    def __enter__(self):
-        self.progress = None
-        self.tasks: dict[str, int] = {}
-        self.t0 = time.monotonic()
-        return self
-
-    def update(self, p) -> None:
-        if self.progress is None:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
-                                       TextColumn, TimeElapsedColumn)
-
-            self.progress = Progress(TextColumn("{task.description:<12}"),
-                                     BarColumn(bar_width=24), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
-                                     console=err, transient=False)
-            self.progress.__enter__()
-        if p.step not in self.tasks:
-            self.tasks[p.step] = self.progress.add_task(
-                self.LABELS.get(p.step, p.step), total=p.total or None, unit=p.unit)
-        self.progress.update(self.tasks[p.step], completed=p.done, total=p.total or None)
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
+        err.print(line)

@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from ._common import human_bytes, human_count, out, print_json, user_errors
+from .common import human_bytes, human_count, print_json, print_table, table, user_errors
+from .common import write
+from .options import DB_ARG, JSON
 
 
 @user_errors
 def info_cli(
-    db: Path = typer.Argument(..., help="Database directory."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    db: str = DB_ARG,
+    json_out: bool = JSON,
 ):
     """Show shards, rows, tokens and bytes on disk for every stage of a database.
 
     Example: retrodb info mydb --json
     """
-    from rich.table import Table
-
-    from retrodb.info import db_info
+    from retrodb.query.info import db_info
 
     info = db_info(db)
     if json_out:
         print_json(info)
         return
-    out.print(f"[bold]{info['path']}[/]  tokenizer {info['tokenizer']} · chunk size "
-              f"{info['chunk_size']} · tokens {info['token_dtype']}", highlight=False)
-    table = Table("stage", "shards", "rows", "tokens", "on disk", "notes")
+    write(f"{info['path']}  tokenizer {info['tokenizer']} · chunk size "
+          f"{info['chunk_size']} · tokens {info['token_dtype']} · format {info['format']}")
+    t = table("stage", "shards", "rows", "tokens", "on disk", "notes")
     for name, s in info["stages"].items():
         notes = []
         if s.get("interrupted"):
@@ -48,10 +46,10 @@ def info_cli(
             notes.extend(_index_notes(s))
         if name.startswith("neighbours/"):
             notes.extend(_neighbour_notes(s))
-        table.add_row(name, str(s["shards"]), human_count(s["rows"]),
+        t.add_row(name, str(s["shards"]), human_count(s["rows"]),
                       human_count(s["tokens"]) if "tokens" in s else "",
                       human_bytes(s["bytes"]), ", ".join(notes))
-    out.print(table)
+    print_table(t)
 
 
 def _index_notes(s: dict) -> list[str]:
@@ -63,7 +61,7 @@ def _index_notes(s: dict) -> list[str]:
         return notes + ["recall not measured: run `retrodb index merge`"]
     rerank = f", {s['candidates']} candidates re-ranked" if s["candidates"] else ""
     notes.append(f"nprobe {s['nprobe']}{rerank}")
-    mark = "" if s["reached"] else f" [yellow](below target {s['target']})[/]"
+    mark = "" if s["reached"] else f" (below target {s['target']})"
     notes.append(f"recall@{s['k']} {s['recall']:.3f}{mark}, {s['ms_per_query']:.2f} ms/query")
     notes.append(f"lists {s['bytes_per_vector']:.0f} B/vector + {human_bytes(s['fixed_bytes'])} fixed")
     return notes

@@ -15,7 +15,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # help text as written: defaults and [extras] stay visible
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 app.command("chunk")(chunk.chunk_cli)
 app.command("embed")(embed.embed_cli)

@@ -2,57 +2,62 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ._common import err, human_count, out, print_json, user_errors
+from .common import err, note, print_json, print_table, table, user_errors, write
+from .options import EXECUTOR, JSON, RAY_ADDRESS, WORKERS
+from .progress import Reporter
 
 app = typer.Typer(
     help="Precompute the k nearest database chunks of every chunk (training and "
          "evaluation neighbours); `neighbours report` shows how leaky a set is.\n\n"
          "Example: retrodb neighbours --db mydb -k 2 --workers 2",
-    no_args_is_help=False, invoke_without_command=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=False, invoke_without_command=True, rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
 SET_HELP = "Name of the neighbour set: its directory DB/neighbours/SET."
+NPROBE = typer.Option(None, help="Inverted lists probed [default: calibrated from the "
+                      "index's operating point].", show_default=False)
+CANDIDATES = typer.Option(None, help="Candidates re-ranked with the exact keys [default: "
+                          "the index's choice].", show_default=False)
 
 
 @app.callback()
 @user_errors
 def neighbours_cli(
     ctx: typer.Context,
-    db: Optional[Path] = typer.Option(None, "--db", help="Database directory (indexed)."),
+    db: Optional[str] = typer.Option(None, "--db", help="Database directory or URL "
+                                     "(indexed).", show_default=False),
     set_name: str = typer.Option("train", "--set", help=SET_HELP),
     k: int = typer.Option(2, "-k", "--k", help="Neighbours per query chunk."),
-    queries: Optional[Path] = typer.Option(
+    queries: Optional[str] = typer.Option(
         None, help="Another retrodb database (same tokenizer, chunk size and embedder) "
-                   "whose chunks are the queries, e.g. a validation corpus. Default: the "
-                   "database's own chunks."),
+                   "whose chunks are the queries, e.g. a validation corpus [default: the "
+                   "database's own chunks].", show_default=False),
     exclude_same_doc: Optional[bool] = typer.Option(
         None, "--exclude-same-doc/--no-exclude-same-doc",
-        help="Never return a neighbour from the query's own document (default: on for "
-             "the database's own chunks)."),
+        help="Never return a neighbour from the query's own document [default: on for "
+             "the database's own chunks].", show_default=False),
     exclude_overlap: Optional[float] = typer.Option(
         None, "--exclude-overlap", metavar="ALPHA",
         help="Drop neighbours whose longest common token run with the query chunk, over "
-             "the chunk size, exceeds ALPHA (the paper evaluates with 0.2)."),
+             "the chunk size, exceeds ALPHA (the paper evaluates with 0.2) [default: "
+             "keep all].", show_default=False),
     exclude_validation: bool = typer.Option(
         True, "--exclude-validation/--no-exclude-validation",
         help="Never return a neighbour from a validation document of the database's "
              "train/validation split (the split `retrodb train` uses)."),
     val_fraction: Optional[float] = typer.Option(
         None, help="Documents held out for validation when the database has no split "
-                   "yet (then 0.05); must match the split it has."),
-    split_seed: Optional[int] = typer.Option(None, help="Seed of the split (as "
-                                             "--val-fraction; default 0)."),
-    nprobe: Optional[int] = typer.Option(None, help="Inverted lists probed (default: "
-                                         "the index's chosen operating point)."),
-    candidates: Optional[int] = typer.Option(None, help="Candidates re-ranked with the "
-                                             "exact keys (default: the index's choice)."),
+                   "yet; must match the split it has [default: the database's, else "
+                   "0.05].", show_default=False),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the split [default: the "
+                                             "database's, else 0].", show_default=False),
+    nprobe: Optional[int] = NPROBE,
+    candidates: Optional[int] = CANDIDATES,
     max_search: int = typer.Option(4096, help="Widest search for a query left with "
                                    "fewer than k neighbours after filtering."),
     only_new: bool = typer.Option(False, "--only-new", help="After the index changed, "
@@ -62,10 +67,10 @@ def neighbours_cli(
                                         "nprobe must reach against exact search."),
     recall_queries: int = typer.Option(1000, help="Sampled query chunks for the "
                                        "calibration (0: use the index's nprobe as is)."),
-    workers: int = typer.Option(1, help="Processes searching shards in parallel."),
-    executor: str = typer.Option("local", help="'local' processes, or 'ray' tasks."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    workers: int = WORKERS,
+    executor: str = EXECUTOR,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    json_out: bool = JSON,
 ):
     """Search the index for every query chunk's k nearest database chunks.
 
@@ -76,8 +81,8 @@ def neighbours_cli(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from retrodb.errors import RetrodbError
-    from retrodb.neighbours import NeighboursConfig, build_neighbours
+    from retrodb.core.errors import RetrodbError
+    from retrodb.stages.neighbours import NeighboursConfig, build_neighbours
 
     if db is None:
         raise RetrodbError("--db: give the database directory, e.g. retrodb neighbours "
@@ -91,46 +96,43 @@ def neighbours_cli(
                            target_recall=target_recall, recall_queries=recall_queries,
                            workers=workers,
                            executor=executor, ray_address=ray_address)
-    notes: list[str] = []
-
-    def note(msg: str) -> None:
-        if msg not in notes:
-            notes.append(msg)
-            err.print(f"[yellow]note:[/] {msg}", highlight=False)
-
-    with Bar() as bar:
+    with Reporter() as bar:
         result = build_neighbours(db, cfg, on_progress=bar.update, on_note=note)
     if json_out:
         from dataclasses import asdict
 
         print_json(asdict(result))
         return
+    _print_result(result)
+
+
+def _print_result(result) -> None:
     s = result.stats
     rows = s["rows"] or 1
     err.print(f"neighbours/{result.set}: {s['rows']:,} query chunks × k {result.k} in "
               f"{result.shards_total} shard(s); searched {result.queries:,} this run in "
               f"{result.seconds:.1f} s ({result.queries / max(result.seconds, 1e-9):,.0f}/s)"
-              + (f", {result.redone} shard(s) redone" if result.redone else ""),
-              highlight=False)
+              + (f", {result.redone} shard(s) redone" if result.redone else ""))
     rec = result.recall or {}
     if rec.get("measured"):
         err.print(f"  nprobe {rec['nprobe']} (calibrated on {rec['queries']:,} chunks: "
                   f"filtered recall@{result.k} {rec['recall']:.3f} vs exact; "
                   + ", ".join(f"{p['nprobe']}: {p[f'recall@{result.k}']:.3f}"
-                              for p in rec["points"]) + ")", highlight=False)
+                              for p in rec["points"]) + ")")
     err.print(f"  filters: dropped {s['dropped_same_doc']:,} same-document, "
               f"{s['dropped_validation']:,} validation, {s['dropped_overlap']:,} "
               f"overlapping; {s['searched_per_query']:.1f} candidates searched per query "
               f"({s['widened']:,} widened); {s['short']:,} queries ({s['short'] / rows:.2%}) "
-              f"short of k, padded with -1", highlight=False)
+              f"short of k, padded with -1")
 
 
 @app.command("report")
 @user_errors
 def report_cli(
-    db: Path = typer.Option(..., "--db", help="Database directory."),
+    db: str = typer.Option(..., "--db", help="Database directory or URL.",
+                           show_default=False),
     set_name: str = typer.Option("train", "--set", help=SET_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    json_out: bool = JSON,
 ):
     """How leaky a neighbour set is: the distribution of r over its neighbours.
 
@@ -140,9 +142,7 @@ def report_cli(
 
     Example: retrodb neighbours report --db mydb --set val
     """
-    from rich.table import Table
-
-    from retrodb.neighbours import neighbours_report, r_histogram_rows
+    from retrodb.stages.neighbours import neighbours_report, r_histogram_rows
 
     rep = neighbours_report(db, set_name)
     if json_out:
@@ -150,47 +150,17 @@ def report_cli(
         return
     total = sum(rep["r_hist"]) or 1
     st = rep["settings"] or {}
-    table = Table("r", "neighbours", "share", "",
-                  title=f"neighbours/{set_name}: r = common token run / chunk size "
-                        f"({total:,} neighbours of {rep['rows']:,} chunks, k {rep['k']})")
+    t = table("r", "neighbours", "share", "",
+              title=f"neighbours/{set_name}: r = common token run / chunk size "
+                    f"({total:,} neighbours of {rep['rows']:,} chunks, k {rep['k']})")
     for label, c in r_histogram_rows(rep["r_hist"]):
-        table.add_row(label, f"{c:,}", f"{c / total:.2%}", "█" * round(40 * c / total))
-    out.print(table)
-    out.print("share with r ≥ α: " + ", ".join(f"{a[5:]}: {v:.2%}" for a, v in
-                                                rep["share"].items()), highlight=False)
-    out.print(f"filters: same document {'on' if st.get('exclude_same_doc') else 'off'}, "
+        t.add_row(label, f"{c:,}", f"{c / total:.2%}", "█" * round(40 * c / total))
+    print_table(t)
+    write("share with r ≥ α: " + ", ".join(f"{a[5:]}: {v:.2%}" for a, v in
+                                            rep["share"].items()))
+    write(f"filters: same document {'on' if st.get('exclude_same_doc') else 'off'}, "
               f"validation documents {'on' if st.get('exclude_validation') else 'off'}, "
               f"overlap α {st.get('exclude_overlap')}; dropped "
               f"{rep['dropped_same_doc']:,} / {rep['dropped_validation']:,} / "
               f"{rep['dropped_overlap']:,}; {rep['short']:,} chunks short of k; queries: "
-              f"{st.get('queries') or 'the database itself'}", highlight=False)
-
-
-class Bar:
-    """A rich progress bar on stderr: query chunks, queries/s, ETA."""
-
-    def __enter__(self):
-        self.progress = None
-        self.t0 = time.monotonic()
-        return self
-
-    def update(self, p) -> None:
-        if self.progress is None:
-            if not p.total:
-                return
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
-
-            self.progress = Progress(TextColumn("neighbours"), BarColumn(bar_width=28),
-                                     MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                                     TimeElapsedColumn(), TextColumn("ETA"),
-                                     TimeRemainingColumn(), console=err, transient=False)
-            self.progress.__enter__()
-            self.task = self.progress.add_task("q", total=p.total, rate="")
-        dt = max(time.monotonic() - self.t0, 1e-9)
-        self.progress.update(self.task, completed=p.done,
-                             rate=f"{human_count(p.done / dt)} queries/s")
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
+              f"{st.get('queries') or 'the database itself'}")

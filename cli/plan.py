@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from ._common import human_bytes, out, print_json, user_errors
+from .common import human_bytes, print_json, print_table, table, user_errors, write
+from .options import JSON
 
 
 @user_errors
 def plan_cli(
-    tokens: float = typer.Option(..., help="Corpus size in tokens, e.g. 2e12."),
+    tokens: float = typer.Option(..., help="Corpus size in tokens, e.g. 2e12.",
+                                 show_default=False),
     chunk_size: int = typer.Option(64, help="Tokens per chunk."),
     dim: int = typer.Option(384, help="Embedding dimension (all-MiniLM-L6-v2: 384)."),
     factory: str = typer.Option("OPQ64_128,IVF4194304_HNSW32,PQ64",
@@ -17,32 +19,33 @@ def plan_cli(
     gpus: int = typer.Option(0, help="GPUs for embed and index training."),
     cpus: int = typer.Option(64, help="CPU cores for chunk, index add and neighbours."),
     k: int = typer.Option(2, "-k", help="Neighbours per chunk."),
-    calibrate: bool = typer.Option(False, "--calibrate", help="Measure the CPU rates on "
-                                   "this machine first (a few seconds)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Measure the CPU chunk rate "
+                                   "on this machine first (a few seconds)."),
+    json_out: bool = JSON,
 ):
     """Estimate what each stage writes and how long it takes, with the arithmetic.
 
     Example: retrodb plan --tokens 2e12 --gpus 64 --cpus 512
     """
-    from rich.table import Table
+    from retrodb.ops.plan import PlanConfig, Rates
+    from retrodb.ops.plan import calibrate as measure
+    from retrodb.ops.plan import plan
 
-    from retrodb.plan import PlanConfig, Rates
-    from retrodb.plan import calibrate as measure
-    from retrodb.plan import plan
-
+    cfg = PlanConfig(tokens=tokens, chunk_size=chunk_size, dim=dim, factory=factory,
+                     gpus=gpus, cpus=cpus, k=k)
+    cfg.validate()  # before measuring anything
     rates = measure() if calibrate else Rates()
-    p = plan(PlanConfig(tokens=tokens, chunk_size=chunk_size, dim=dim, factory=factory,
-                        gpus=gpus, cpus=cpus, k=k), rates)
+    p = plan(cfg, rates)
     if json_out:
         print_json(p)
         return
-    out.print(f"{p['tokens']:.3g} tokens = {p['chunks']:.3g} chunks in {p['shards']:,} "
-              f"shards; index {p['factory']}", highlight=False)
-    t = Table("stage", "writes", "hours", "on", "arithmetic")
+    write(f"{p['tokens']:.3g} tokens = {p['chunks']:.3g} chunks in {p['shards']:,} "
+          f"shards; index {p['factory']}")
+    t = table("stage", "writes", "hours", "on", "arithmetic")
     for s in p["stages"]:
-        t.add_row(s["stage"], human_bytes(s["bytes"]), f"{s['hours']:,.1f}", s["on"], s["how"])
+        t.add_row(s["stage"], human_bytes(s["bytes"]), f"{s['hours']:,.1f}", s["on"],
+                  s["how"])
     t.add_row("total", human_bytes(p["total_bytes"]), f"{p['total_hours']:,.1f}", "", "")
-    out.print(t)
-    out.print("rates: " + "; ".join(f"{k} {v['value']:.3g} ({v['source']})"
-                                     for k, v in p["rates"].items()), highlight=False)
+    print_table(t)
+    write("rates: " + "; ".join(f"{k} {v['value']:.3g} ({v['source']})"
+                                for k, v in p["rates"].items()))

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ._common import err, human_count, user_errors
+from .common import err, note, user_errors
+from .options import DB
+from .progress import Reporter
 
 
 @user_errors
 def train_cli(
-    db: Path = typer.Option(..., "--db", help="Database directory."),
+    db: str = DB,
     run: str = typer.Option(..., "--run", "--run-name", help="Run name: DB/models/RUN/ "
                             "(under torchrun write --run-name: torchrun's parser "
                             "mistakes --run for its own --run-path)."),
@@ -38,7 +39,7 @@ def train_cli(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     retrofit: Optional[str] = typer.Option(None, help="A baseline run (or checkpoint "
                                            "directory) to freeze; only CCA and encoder "
-                                           "train."),
+                                           "train.", show_default=False),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last "
                                 "checkpoint, exactly."),
 ):
@@ -50,7 +51,7 @@ def train_cli(
 
     Example: retrodb train --db mydb --run retro-small --preset small --steps 2000
     """
-    from retrodb.train import TrainConfig, train
+    from retrodb.training.train import TrainConfig, train
 
     cfg = TrainConfig(run=run, preset=preset, retrieval=not no_retrieval,
                       neighbours=neighbours, steps=steps, seq_chunks=seq_chunks,
@@ -59,45 +60,9 @@ def train_cli(
                       eval_every=eval_every, eval_sequences=eval_sequences,
                       checkpoint_every=checkpoint_every, device=device, compile=compile,
                       retrofit=retrofit)
-    with _TrainProgress() as bar:
-        last = train(db, cfg, resume=resume, on_progress=bar.update)
+    with Reporter() as bar:
+        last = train(db, cfg, resume=resume, on_progress=bar.update, on_note=note)
     if last:
         val = f", val loss {last['val_loss']:.3f}, val bpb {last['val_bpb']:.3f}" \
             if "val_loss" in last else ""
-        err.print(f"{run}: step {last['step']}, loss {last['loss']:.3f}{val}",
-                  highlight=False)
-
-
-class _TrainProgress:
-    """One rich progress line: step, loss, validation loss, lr, tokens/s, ETA."""
-
-    def __enter__(self):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("train"), BarColumn(bar_width=20),
-            TextColumn("{task.completed}/{task.total} · loss {task.fields[loss]} · val "
-                       "{task.fields[val]} · lr {task.fields[lr]} · {task.fields[tps]} "
-                       "tok/s · ETA {task.fields[eta]}"),
-            TimeElapsedColumn(), console=err, transient=False)
-        self.progress.__enter__()
-        self.task = None
-        return self
-
-    def update(self, p) -> None:
-        fields = dict(loss=f"{p.loss:.3f}", lr=f"{p.lr:.1e}", tps=human_count(p.tokens_per_s),
-                      eta=_hms(p.eta_s))
-        if p.val_loss is not None:
-            fields["val"] = f"{p.val_loss:.3f}"
-        if self.task is None:
-            self.task = self.progress.add_task("train", total=p.steps,
-                                               **{"val": "-", **fields})
-        self.progress.update(self.task, completed=p.step, total=p.steps, **fields)
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-
-def _hms(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+        err.print(f"{run}: step {last['step']}, loss {last['loss']:.3f}{val}", markup=False)

@@ -6,7 +6,7 @@ db=${1:-demo-db}
 corpus=${2:-examples/corpus}
 steps=${DEMO_STEPS:-60}
 echo "== retrodb chunk ($corpus -> $db)"
-retrodb chunk "$corpus" --db "$db" --shard-size 10000 --workers 2
+retrodb chunk "$corpus" --db "$db" --root "$corpus" --split-size 2M --workers 2
 echo "== retrodb embed ($db, all-MiniLM-L6-v2 on the CPU: minutes for the full corpus)"
 retrodb embed --db "$db"
 echo "== retrodb index (train, add parts in parallel, merge on disk, measure recall)"

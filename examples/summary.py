@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from retrodb.info import db_info
+from retrodb.query.info import db_info
 
 
 def main() -> None:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from retrodb.db import Database
-from retrodb.runner import Manifest, ShardTask, pending_tasks, run_shard_stage, stage_lock
-from retrodb.executor import InProcessExecutor
-from retrodb.storage import sha256_file
+from retrodb.core.db import Database
+from retrodb.core.manifest import Manifest
+from retrodb.core.storage import sha256_file
+from retrodb.exec.executors import ExecutorSpec
+from retrodb.exec.runner import run_stage
+from retrodb.exec.stage import Task
 
 _MODEL = None
 
@@ -53,35 +55,48 @@ def spec() -> dict:
 def fill_embeddings(db_path: str | Path) -> int:
     """Embed every chunk shard that has no embedding shard yet with the real embed
     stage (all-MiniLM-L6-v2); return how many shards it embedded."""
-    from retrodb.embed import EmbedConfig, embed_db
+    from retrodb.stages.embed import EmbedConfig, embed_db
 
     return len(embed_db(db_path, EmbedConfig()).shards)
 
 
-def fake_embeddings(db_path: str | Path, dim: int = 32, normalize: bool = True,
-                    seed: int = 0, shards: list[int] | None = None) -> None:
-    """Random clustered keys in the contract's layout (fast; for non-semantic tests).
+class FakeKeys:
+    """A Stage (retrodb/exec/stage.py) writing random clustered keys: row i is a
+    function of chunk id i only, so appending shards is consistent."""
 
-    Row i is a function of chunk id i only, so appending shards is consistent.
-    """
-    db = Database(db_path)
-    db.update_config(embedder={**spec(), "name": f"fake-{dim}", "dim": dim,
-                               "normalize": normalize})
-    src = Manifest(db.chunks_dir, "chunks")
-    centres = np.random.default_rng(seed).standard_normal((16, dim))
+    name, suffix, unit, label, ordered = "embeddings", ".npy", "chunks", "fake keys", False
 
-    def fn(task: ShardTask, tmp: Path) -> dict:
+    def __init__(self, db: Database, dim: int, normalize: bool, seed: int,
+                 shards: list[int] | None):
+        self.db, self.out = db, db.embeddings
+        self.dim, self.normalize, self.seed, self.shards = dim, normalize, seed, shards
+
+    def tasks(self, m: Manifest) -> list[Task]:
+        src = Manifest(self.db.chunks, "chunks")
+        return [Task(c["shard"], c, {"source_sha256": c["sha256"]}, c["rows"])
+                for c in src.shards if self.shards is None or c["shard"] in self.shards]
+
+    def open_worker(self, env):
+        return self
+
+    def run(self, task: Task, out) -> dict:
+        dim, seed = self.dim, self.seed
+        centres = np.random.default_rng(seed).standard_normal((16, dim))
         ids = task.source["first_id"] + np.arange(task.source["rows"])
         x = np.stack([centres[i % 16] + 0.5 * np.random.default_rng([seed, int(i)])
                       .standard_normal(dim) for i in ids])
-        if normalize:
+        if self.normalize:
             x /= np.linalg.norm(x, axis=1, keepdims=True)
-        with open(tmp, "wb") as f:
+        with open(out.main(), "wb") as f:
             np.save(f, x.astype(np.float16))
         return {"rows": len(ids), "dim": dim}
 
-    with stage_lock(db.embeddings_dir, "embeddings"):
-        dst = Manifest(db.embeddings_dir, "embeddings")
-        tasks, _ = pending_tasks(src, dst, ".npy")
-        tasks = [t for t in tasks if shards is None or t.shard in shards]
-        run_shard_stage(tasks, fn, dst, InProcessExecutor())
+
+def fake_embeddings(db_path: str | Path, dim: int = 32, normalize: bool = True,
+                    seed: int = 0, shards: list[int] | None = None) -> None:
+    """Random clustered keys in the embed stage's layout (fast; for non-semantic tests)."""
+    db = Database(db_path)
+    db.update_config(embedder={**spec(), "name": f"fake-{dim}", "dim": dim,
+                               "normalize": normalize})
+    run_stage(FakeKeys(db, dim, normalize, seed, shards), ExecutorSpec(),
+              prune=shards is None)

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrodb.chunk import ChunkConfig, chunk_corpus
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
 
 from embed_contract import fake_embeddings, fill_embeddings
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 
 # The example corpus (874 chunks) in 3 shards, so that parts and merges are real.
-SHARD_SIZE = 300
+SPLIT_SIZE = 80_000  # bytes: every document whole, in 3 shards
 # Small enough for 874 vectors: 39 × 16 lists and 39 × 16 PQ centroids ≤ 874.
 FACTORY = "IVF16,PQ32x4"
 FAKE_FACTORY = "IVF8,PQ8x4"
@@ -29,7 +29,7 @@ def copy_db(src: Path, dst: Path) -> Path:
 @pytest.fixture(scope="session")
 def chunked_db(tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("chunked") / "db"
-    chunk_corpus(db, [str(CORPUS)], ChunkConfig(shard_size=SHARD_SIZE))
+    chunk_corpus(db, [str(CORPUS)], ChunkConfig(split_size=SPLIT_SIZE))
     return db
 
 
@@ -44,7 +44,7 @@ def embedded_db(chunked_db, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def indexed_db(embedded_db, tmp_path_factory) -> Path:
     """The example corpus indexed with 3 parts added by 2 workers; recall on all chunks."""
-    from retrodb.index import IndexConfig, build_index
+    from retrodb.stages.index import IndexConfig, build_index
 
     db = copy_db(embedded_db, tmp_path_factory.mktemp("indexed") / "db")
     build_index(db, IndexConfig(factory=FACTORY, workers=2, recall_queries=10_000))

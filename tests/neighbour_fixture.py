@@ -16,8 +16,8 @@ def write_neighbours(db: Path, set_name: str = "train", k: int = 2,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from retrodb.runner import Manifest, file_record, shard_name
-    from retrodb.tokens import TokenStore
+    from retrodb.core.manifest import Manifest, file_record, shard_name
+    from retrodb.stores.tokens import TokenStore
 
     store = TokenStore(db)
     n = store.n_chunks

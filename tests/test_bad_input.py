@@ -26,8 +26,8 @@ TEXT = sorted(CORPUS.rglob("*.rst.txt"), key=lambda p: p.stat().st_size)[0]
 @pytest.fixture(scope="module")
 def full_db(indexed_db, tmp_path_factory) -> Path:
     """Every stage done: chunks, keys, merged index, neighbours, a tiny training run."""
-    from retrodb.neighbours import NeighboursConfig, build_neighbours
-    from retrodb.train import TrainConfig, train
+    from retrodb.stages.neighbours import NeighboursConfig, build_neighbours
+    from retrodb.training.train import TrainConfig, train
 
     db = copy_db(indexed_db, tmp_path_factory.mktemp("bad") / "db")
     build_neighbours(db, NeighboursConfig(k=2))
@@ -133,7 +133,7 @@ def checkpoint_from_another_preset(tmp: Path, db: Path):
                                                                       '"run": "u"'))
     import json
 
-    from retrodb.model.config import PRESETS
+    from retrodb.training.model.config import PRESETS
 
     d = json.loads((db / "models" / "u" / "config.json").read_text())
     d["model"].update({k: v for k, v in PRESETS["small"].items() if k in d["model"]})

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrodb.chunk import ChunkConfig, chunk_corpus
-from retrodb.readers import ReaderOptions
-from retrodb.runner import Manifest
-from retrodb.tokenizer import resolve_tokenizer
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+from retrodb.stages.chunk import ReaderOptions
+from retrodb.core.manifest import Manifest
+from retrodb.stages.chunk.tokenizer import resolve_tokenizer
 
 from dbread import read_chunks, read_docs, shard_bytes
 
-SMALL = dict(shard_size=300, row_group_rows=128)
+SMALL = dict(split_size=40_000, row_group_rows=128)
 
 
 def _docs_text(db: Path) -> dict[int, str]:
@@ -33,7 +33,8 @@ def test_round_trip_ids_and_manifest(tmp_path, corpus, corpus_files):
     r = chunk_corpus(db, [str(corpus)], ChunkConfig(**SMALL))
     chunks, docs = read_chunks(db), read_docs(db).to_pylist()
     assert r.docs == len(docs) == len(corpus_files) == 7
-    assert r.chunks == chunks.num_rows and len(r.shards) == -(-r.chunks // 300)
+    # one shard per split: here every file (18-40 KB) is its own split of ≤ 40 KB
+    assert r.chunks == chunks.num_rows and len(r.shards) == 7
 
     # chunk and doc ids are dense, global and in order
     ids = chunks.column("chunk_id").to_numpy()
@@ -186,9 +187,9 @@ def test_jsonl_gz_zst_parquet_and_separator(tmp_path, corpus_files):
 
 def test_one_enormous_line_streams(tmp_path, corpus_files, monkeypatch):
     """A document of a single multi-megabyte line is read in bounded pieces."""
-    import retrodb.readers as readers
+    import retrodb.stages.chunk.documents as documents
 
-    monkeypatch.setattr(readers, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(documents, "PIECE_BYTES", 4096)
     words = corpus_files[0].read_text(encoding="utf-8").split()
     line = " ".join(words * 6)  # ~1 MB, no newline
     f = tmp_path / "long.txt"

@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from retrodb.chunk import ChunkConfig, chunk_corpus
-from retrodb.errors import RetrodbError
-from retrodb.readers import ReaderOptions
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+from retrodb.core.errors import RetrodbError
+from retrodb.stages.chunk import ReaderOptions
 
 from dbread import read_chunks, read_docs
 
-SMALL = dict(shard_size=300, row_group_rows=128)
+SMALL = dict(split_size=40_000, row_group_rows=128)
 
 
 def _run(db, paths, **kw):
@@ -93,8 +93,11 @@ def test_empty_documents_skipped_and_counted(tmp_path, corpus_files):
     assert r.empty_docs == 2 and r.docs == 1
     assert read_docs(tmp_path / "db").column("doc_id").to_pylist() == [0]
     manifest = json.loads((tmp_path / "db" / "chunks" / "manifest.json").read_text())
-    assert {i["path"].rsplit("/", 1)[1]: i["empty_docs"] for i in manifest["inputs"]} == {
-        "empty.txt": 1, "blank.txt": 1, corpus_files[0].name: 0}
+    # the empty inputs are recorded (as chunked) with their shard's counts
+    inputs = [p["input"].rsplit("/", 1)[1] for e in manifest["shards"]
+              for p in e["split"]["pieces"]]
+    assert {"empty.txt", "blank.txt", corpus_files[0].name} <= set(inputs)
+    assert sum(e["empty_docs"] for e in manifest["shards"]) == 2
 
 
 def test_db_with_other_tokenizer_or_chunk_size_refused(tmp_path, corpus_files):

@@ -18,7 +18,7 @@ def run(*args, env=None):
 
 def test_chunk_and_info_json(tmp_path, corpus):
     db = tmp_path / "db"
-    p = run("chunk", str(corpus), "--db", str(db), "--shard-size", "500", "--json")
+    p = run("chunk", str(corpus), "--db", str(db), "--split-size", "120K", "--json")
     assert p.returncode == 0, p.stderr
     result = json.loads(p.stdout)
     assert result["docs"] == 7 and result["shards"] == ["00000.parquet", "00001.parquet"]

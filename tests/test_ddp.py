@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from retrodb.chunk import ChunkConfig, chunk_corpus
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
 
 from neighbour_fixture import write_neighbours
 
@@ -17,7 +17,7 @@ from neighbour_fixture import write_neighbours
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun test on Linux only")
 def test_train_under_torchrun_then_resume_alone(tmp_path, corpus):
     db = tmp_path / "db"
-    chunk_corpus(db, [str(corpus)], ChunkConfig(shard_size=300))
+    chunk_corpus(db, [str(corpus)], ChunkConfig(split_size=40_000))
     write_neighbours(db, "train", k=2)
     # --run-name: torchrun's own parser would take --run for its --run-path
     args = ["train", "--db", str(db), "--run-name", "ddp", "--preset", "tiny",

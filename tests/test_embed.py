@@ -18,20 +18,20 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from retrodb.chunk import ChunkConfig, chunk_corpus  # noqa: E402
-from retrodb.embed import EmbedConfig, embed_db, load_embedder  # noqa: E402
-from retrodb.errors import RetrodbError  # noqa: E402
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus  # noqa: E402
+from retrodb.stages.embed import EmbedConfig, embed_db, load_embedder  # noqa: E402
+from retrodb.core.errors import RetrodbError  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus" / "tutorial"
-FILES = [CORPUS / "errors.rst.txt", CORPUS / "introduction.rst.txt"]  # 185 chunks
-MORE = CORPUS / "modules.rst.txt"  # 111 more, appended
-SHARD = 64
+FILES = [CORPUS / "errors.rst.txt", CORPUS / "introduction.rst.txt"]  # 186 chunks, 4 shards
+MORE = CORPUS / "modules.rst.txt"  # 111 more in 3 shards, appended
+SPLIT = 12_000  # bytes of input per shard: each file cut into 2 shards
 # Bytes are compared between runs: each batch runs on one torch thread (CPU lanes), so
 # its bits depend neither on the cores, lanes or workers nor on the process.
 
 
 def _chunk(db: Path, files: list[Path]) -> None:
-    chunk_corpus(db, [str(f) for f in files], ChunkConfig(shard_size=SHARD))
+    chunk_corpus(db, [str(f) for f in files], ChunkConfig(split_size=SPLIT))
 
 
 def _keys(db: Path) -> dict[str, bytes]:
@@ -91,7 +91,7 @@ def reference(chunked, tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("reference") / "db"
     shutil.copytree(chunked, db)
     r = embed_db(db, EmbedConfig())
-    assert r.chunks == 185 and len(r.shards) == 3 and r.skipped == 0
+    assert r.chunks == 186 and len(r.shards) == 4 and r.skipped == 0
     return db
 
 
@@ -111,7 +111,7 @@ def db(chunked, tmp_path) -> Path:
 
 def _model_copy(dst: Path, **edits) -> Path:
     """The default model, its files linked, with JSON files edited: {name: fn(dict)}."""
-    from retrodb.tokenizer import default_model_dir
+    from retrodb.stages.chunk.tokenizer import default_model_dir
 
     src = default_model_dir()
     dst.mkdir()
@@ -143,7 +143,7 @@ def other_tokenizer_model(tmp_path_factory) -> Path:
 def test_keys_equal_sentence_transformers(reference, embedder):
     from sentence_transformers import SentenceTransformer
 
-    from retrodb.tokenizer import default_model_dir
+    from retrodb.stages.chunk.tokenizer import default_model_dir
 
     texts = _chunk_table(reference).column("text").to_pylist()
     st = SentenceTransformer(str(default_model_dir()), device="cpu")
@@ -207,14 +207,14 @@ def test_shards_align_with_chunk_ids(reference, embedder):
 
 
 def test_stored_ids_used_only_where_text_tokenises_the_same(reference, embedder):
-    from retrodb.embed import _reusable
-    from retrodb.embedder import continuation_table
+    from retrodb.stages.embed.batches import reusable
+    from retrodb.stages.embed.embedder import continuation_table
 
     tok_json = (reference / "tokenizer.json").read_text()
     table = _chunk_table(reference)
     tokens = np.stack(table.column("tokens").to_numpy(zero_copy_only=False))
     lengths = table.column("length").to_numpy()
-    reuse = _reusable(tokens, lengths, table.column("doc_id").to_numpy(), 64,
+    reuse = reusable(tokens, lengths, table.column("doc_id").to_numpy(), 64,
                       continuation_table(tok_json))
     retok = embedder.tokenize(table.column("text").to_pylist())
     same = np.array([np.array_equal(t[:n], r) for t, n, r in zip(tokens, lengths, retok)])
@@ -226,7 +226,7 @@ def test_stored_ids_used_only_where_text_tokenises_the_same(reference, embedder)
     stats = json.loads((reference / "embeddings" / "manifest.json").read_text())["shards"]
     for e in stats:
         a, b = e["first_id"], e["first_id"] + e["rows"]
-        own = _reusable(tokens[a:b], lengths[a:b], table.column("doc_id").to_numpy()[a:b],
+        own = reusable(tokens[a:b], lengths[a:b], table.column("doc_id").to_numpy()[a:b],
                         64, continuation_table(tok_json))
         assert e["retokenized"] == int((~own).sum())
         assert not own[-1] or lengths[b - 1] < 64
@@ -245,7 +245,7 @@ def test_crash_after_first_shard_then_resume_gives_identical_files(db, reference
     # A hard crash (no cleanup: os._exit) half-way through the second shard.
     code = textwrap.dedent("""
         import os, sys
-        import retrodb.embed as E
+        import retrodb.stages.embed.stage as E
         real, calls = E.embed_shard, []
         def crashing(chunks, out, *args, **kw):
             calls.append(out)
@@ -265,7 +265,8 @@ def test_crash_after_first_shard_then_resume_gives_identical_files(db, reference
         (db / "embeddings" / "manifest.json").read_text())["shards"]] == [0]
 
     r = embed_db(db, EmbedConfig())
-    assert r.skipped == 1 and r.shards == ["00001.npy", "00002.npy"] and r.redone == 0
+    assert r.skipped == 1 and r.shards == ["00001.npy", "00002.npy", "00003.npy"]
+    assert r.redone == 0
     assert not (db / "embeddings" / ".tmp-00001.npy").exists()
     assert _keys(db) == _keys(reference)
     assert embed_db(db, EmbedConfig()).shards == []  # nothing left to do
@@ -274,11 +275,11 @@ def test_crash_after_first_shard_then_resume_gives_identical_files(db, reference
 def test_two_workers_equal_one_worker(db, reference):
     seen = {}
     r = embed_db(db, EmbedConfig(workers=2),
-                 on_progress=lambda p: seen.update(p.devices))
+                 on_progress=lambda p: seen.update(p.info))
     assert r.devices == ["cpu", "cpu"] and sorted(r.shards) == sorted(_keys(reference))
-    assert sorted(seen) == ["cpu0", "cpu1"] and sum(seen.values()) == 185
+    assert sorted(seen) == ["cpu0", "cpu1"] and sum(seen.values()) == 186
     assert _keys(db) == _keys(reference)
-    drop = ("device", "seconds")
+    drop = ("device", "seconds", "mtime_ns")
     mine, ref = (json.loads((d / "embeddings" / "manifest.json").read_text())["shards"]
                  for d in (db, reference))
     assert [{k: v for k, v in e.items() if k not in drop} for e in mine] == \
@@ -294,7 +295,7 @@ def test_corrupt_or_truncated_shard_is_detected_and_recomputed(db, reference):
     raw[-7] ^= 0x55
     (d / "00002.npy").write_bytes(bytes(raw))
     r = embed_db(db, EmbedConfig())
-    assert r.redone == 2 and r.shards == ["00000.npy", "00002.npy"] and r.skipped == 1
+    assert r.redone == 2 and r.shards == ["00000.npy", "00002.npy"] and r.skipped == 2
     assert _keys(db) == _keys(reference)
 
 
@@ -303,18 +304,19 @@ def test_appended_chunk_shards_are_embedded_alone(db, reference):
     before = {p.name: p.stat().st_mtime_ns for p in (db / "embeddings").glob("0*.npy")}
     _chunk(db, [MORE])
     r = embed_db(db, EmbedConfig())
-    assert r.skipped == 3 and r.shards == ["00003.npy", "00004.npy"] and r.chunks == 111
+    assert r.skipped == 4 and r.chunks == 111
+    assert r.shards == ["00004.npy", "00005.npy", "00006.npy"]
     assert {p.name: p.stat().st_mtime_ns for p in (db / "embeddings").glob("0*.npy")
             if p.name in before} == before
-    keys = np.load(db / "embeddings" / "00004.npy")
-    first = json.loads((db / "embeddings" / "manifest.json").read_text())["shards"][4]
-    assert first["first_id"] == 185 + 64 and keys.shape == (111 - 64, 384)
+    keys = np.load(db / "embeddings" / "00005.npy")
+    second = json.loads((db / "embeddings" / "manifest.json").read_text())["shards"][5]
+    assert second["first_id"] == 186 + 35 and keys.shape == (44, 384)
 
 
 def test_out_of_memory_halves_the_batch_and_retries(db, reference, monkeypatch):
     import torch
 
-    from retrodb.embedder import Embedder
+    from retrodb.stages.embed.embedder import Embedder
 
     real = Embedder._run_model
 
@@ -341,7 +343,7 @@ def test_out_of_memory_halves_the_batch_and_retries(db, reference, monkeypatch):
 def test_out_of_memory_on_a_single_chunk_is_an_error(db, monkeypatch):
     import torch
 
-    from retrodb.embedder import Embedder
+    from retrodb.stages.embed.embedder import Embedder
 
     def no_memory(self, ids, mask):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
@@ -361,7 +363,7 @@ def test_other_tokenizer_is_said_once_and_text_is_retokenised(db, reference,
     assert res.exit_code == 0, res.output
     assert res.stderr.count("tokenizer differs") == 1, res.stderr
     stats = json.loads((db / "embeddings" / "manifest.json").read_text())["shards"]
-    assert sum(e["retokenized"] for e in stats) == 185
+    assert sum(e["retokenized"] for e in stats) == 186
     assert _cosines(_all_keys(db), _all_keys(reference)).min() >= 0.999
     spec = json.loads((db / "retrodb.json").read_text())["embedder"]
     assert spec["path"] == str(other_tokenizer_model) and spec["name"] == "minilm-copy"
@@ -376,8 +378,8 @@ def test_another_model_is_refused_unless_new_set(db, reference, other_tokenizer_
     notes = []
     r = embed_db(db, EmbedConfig(model=str(other_tokenizer_model), new_set=True),
                  on_note=notes.append)
-    assert r.new_set and r.redone == 0 and len(r.shards) == 3
-    assert any("discarded 3 key shards" in n for n in notes), notes
+    assert r.new_set and r.redone == 0 and len(r.shards) == 4
+    assert any("discarded 4 key shards" in n for n in notes), notes
     spec = json.loads((db / "retrodb.json").read_text())["embedder"]
     assert spec["path"] == str(other_tokenizer_model)
     # later runs without --model keep the database's (new) model
@@ -389,10 +391,11 @@ def test_another_model_is_refused_unless_new_set(db, reference, other_tokenizer_
 
 
 def test_no_chunks(tmp_path):
-    from retrodb.db import Database
-    from retrodb.tokenizer import resolve_tokenizer
+    from retrodb.core.db import Database
+    from retrodb.stages.chunk.tokenizer import resolve_tokenizer
 
-    Database(tmp_path / "empty").create_or_check(resolve_tokenizer(None), 64)
+    with Database(tmp_path / "empty").creating(resolve_tokenizer(None), 64):
+        pass  # a database with settings but no chunks
     _one_line_error(_cli("embed", "--db", str(tmp_path / "empty")),
                     "no chunk shards to embed", "retrodb chunk")
 
@@ -411,7 +414,7 @@ def test_not_a_sentence_transformers_model(db, tmp_path):
 
 
 def test_pickled_weights_or_other_pooling_are_refused(db, tmp_path):
-    from retrodb.tokenizer import default_model_dir
+    from retrodb.stages.chunk.tokenizer import default_model_dir
 
     src = default_model_dir()
     bin_only = tmp_path / "bin"

@@ -23,7 +23,7 @@ import pytest
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 
 COMMANDS = {
-    "chunk": ["chunk", str(CORPUS), "--shard-size", "300"],
+    "chunk": ["chunk", str(CORPUS), "--split-size", "80K"],
     "embed": ["embed"],
     "index": ["index", "--factory", "IVF8,PQ8x4", "--recall-queries", "200"],
     "neighbours": ["neighbours", "-k", "2"],

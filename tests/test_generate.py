@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 import retrodb
-from retrodb.chunk import ChunkConfig, chunk_corpus
-from retrodb.errors import RetrodbError
-from retrodb.generate import generate
-from retrodb.train import TrainConfig, train
+from retrodb.core.db import Database
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+from retrodb.core.errors import RetrodbError
+from retrodb.training.generate import generate
+from retrodb.training.train import TrainConfig, train
 
 from neighbour_fixture import write_neighbours
 
@@ -17,7 +18,7 @@ from neighbour_fixture import write_neighbours
 @pytest.fixture(scope="module")
 def db(tmp_path_factory, corpus):
     db = tmp_path_factory.mktemp("gen") / "db"
-    chunk_corpus(db, [str(corpus)], ChunkConfig(shard_size=300))
+    chunk_corpus(db, [str(corpus)], ChunkConfig(split_size=40_000))
     write_neighbours(db, "train", k=2)
     cfg = TrainConfig(run="g", preset="tiny", steps=2, seq_chunks=2, batch_size=2,
                       val_fraction=0.2, eval_sequences=1)
@@ -44,7 +45,7 @@ PROMPT = ("Python is an easy to learn, powerful programming language. It has eff
 def test_every_completed_chunk_is_retrieved_once(db):
     idx = FakeIndex()
     g = generate(db, "g", PROMPT, max_tokens=80, retriever=idx)
-    n_prompt = len(retrodb.db.Database(db).tokenizer().load()
+    n_prompt = len(Database(db).tokenizer().load()
                    .encode(PROMPT, add_special_tokens=False).ids)
     complete = (n_prompt + 80 - 1) // 64  # chunks complete before the last sample
     assert [r.chunk for r in g.retrieved] == list(range(complete))

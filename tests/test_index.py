@@ -15,12 +15,13 @@ import pytest
 
 from index_fixtures import FAKE_FACTORY, all_keys, copy_db
 from embed_contract import fake_embeddings
-from retrodb.chunk import ChunkConfig, chunk_corpus
-from retrodb.errors import RetrodbError
-from retrodb.index import (IndexConfig, IndexSearcher, add_parts, build_index, choose_factory,
-                           merge_index, train_index)
-from retrodb.runner import Manifest
-from retrodb.storage import sha256_file
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+from retrodb.core.errors import RetrodbError
+from retrodb.stages.index import (IndexConfig, add_parts, build_index, choose_factory,
+                                  merge_index, train_index)
+from retrodb.stores.searcher import IndexSearcher
+from retrodb.core.manifest import Manifest
+from retrodb.core.storage import sha256_file
 
 faiss = pytest.importorskip("faiss")
 
@@ -96,17 +97,17 @@ def test_add_resumes_after_a_crash(fake_db, tmp_path, monkeypatch):
     clean = copy_db(fake_db, tmp_path / "clean")
     cfg = IndexConfig(factory=FAKE_FACTORY, recall_queries=200)
     train_index(fake_db, cfg)
-    from retrodb import index as index_mod
+    from retrodb.stages.index.add import AddWorker
 
-    real = index_mod._AddShard.__call__
+    real = AddWorker.run
 
-    def crash_on_shard_1(self, task, tmp):
+    def crash_on_shard_1(self, task, out):
         if task.shard == 1:
-            tmp.write_bytes(b"half a part")  # what a killed worker leaves behind
+            out.main().write_bytes(b"half a part")  # what a killed worker leaves behind
             raise KeyboardInterrupt
-        return real(self, task, tmp)
+        return real(self, task, out)
 
-    monkeypatch.setattr(index_mod._AddShard, "__call__", crash_on_shard_1)
+    monkeypatch.setattr(AddWorker, "run", crash_on_shard_1)
     with pytest.raises(KeyboardInterrupt):
         add_parts(fake_db, cfg)
     m = manifest(fake_db)
@@ -115,10 +116,10 @@ def test_add_resumes_after_a_crash(fake_db, tmp_path, monkeypatch):
     before = (sha256_file(part0), part0.stat().st_mtime_ns)
     with pytest.raises(RetrodbError, match=r"no current part for embedding shard\(s\) 1-2"):
         merge_index(fake_db, cfg)
-    monkeypatch.setattr(index_mod._AddShard, "__call__", real)
+    monkeypatch.setattr(AddWorker, "run", real)
     (fake_db / "index" / ".tmp-00001.invlists").write_bytes(b"left by a SIGKILL")
     result = add_parts(fake_db, cfg)
-    assert result.parts_added == 2 and result.vectors_added == 874 - 300
+    assert result.parts_added == 2 and result.vectors_added == 874 - m.shards[0]["rows"]
     assert (sha256_file(part0), part0.stat().st_mtime_ns) == before  # not redone
     assert not list((fake_db / "index").glob(".tmp-*"))
     merge_index(fake_db, cfg)
@@ -148,7 +149,7 @@ def test_appended_shards_are_added_alone(fake_db, tmp_path):
     extra.mkdir()
     (extra / "appended.txt").write_text(" ".join(f"appended sentence number {i} about "
                                                  f"the retrieval index." for i in range(300)))
-    chunk_corpus(fake_db, [str(extra)], ChunkConfig(shard_size=300))
+    chunk_corpus(fake_db, [str(extra)], ChunkConfig(split_size=40_000))
     fake_embeddings(fake_db)
     n = sum(e["rows"] for e in Manifest(fake_db / "chunks", "chunks").shards)
     second = build_index(fake_db, cfg)
@@ -256,7 +257,7 @@ def test_metric_must_match_normalised_keys(chunked_db, tmp_path):
     with pytest.raises(RetrodbError, match="not marked normalize=true; the index uses "
                                            "inner product"):
         train_index(db, IndexConfig(factory=FAKE_FACTORY))
-    from retrodb.db import Database
+    from retrodb.core.db import Database
 
     d = Database(db)
     d.update_config(embedder={**d.config()["embedder"], "normalize": True})

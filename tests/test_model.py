@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrodb.errors import RetrodbError
-from retrodb.model import Retro, RetroConfig, preset_config
+from retrodb.core.errors import RetrodbError
+from retrodb.training.model import Retro, RetroConfig, preset_config
 
 M, L, K, V = 8, 5, 2, 101  # chunk size, chunks, neighbours, vocabulary
 

@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from retrodb.chunk import ChunkConfig, chunk_corpus
-from retrodb.errors import RetrodbError
-from retrodb.neighbours import (NeighbourTable, Neighbours, NeighboursConfig,
-                                build_neighbours, neighbours_report)
-from retrodb.split import load_split
-from retrodb.tokens import TokenStore
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+from retrodb.core.errors import RetrodbError
+from retrodb.stages.neighbours import NeighboursConfig, build_neighbours, neighbours_report
+from retrodb.stores.neighbour_table import NeighbourTable, Neighbours
+from retrodb.stores.split import load_split
+from retrodb.stores.tokens import TokenStore
 
 from embed_contract import fill_embeddings
 from index_fixtures import all_keys, copy_db
@@ -43,7 +43,7 @@ def exact_filtered(db: Path, k: int, val_fraction: float, seed: int):
     keys = all_keys(db)
     store = TokenStore(db)
     doc = store.doc_ids(np.arange(len(keys)))
-    from retrodb.split import Split
+    from retrodb.stores.split import Split
 
     val = Split(val_fraction, seed).is_validation(doc)
     s = keys @ keys.T
@@ -125,21 +125,21 @@ def test_two_workers_equal_one_and_rerun_adds_nothing(built, tmp_path):
 
 
 def test_resume_after_a_crash_is_identical(built, tmp_path, monkeypatch):
-    import retrodb.neighbours as nmod
+    import retrodb.stages.neighbours.stage as nmod
 
     db = copy_db(built, tmp_path / "db")
     shutil.rmtree(db / "neighbours")
-    real = nmod._NeighbourShard.__call__
+    real = nmod.NeighboursWorker.run
 
-    def crash_on_shard_1(self, task, tmp):
+    def crash_on_shard_1(self, task, out):
         if task.shard == 1:
             raise RuntimeError("injected crash")
-        return real(self, task, tmp)
+        return real(self, task, out)
 
-    monkeypatch.setattr(nmod._NeighbourShard, "__call__", crash_on_shard_1)
+    monkeypatch.setattr(nmod.NeighboursWorker, "run", crash_on_shard_1)
     with pytest.raises(RuntimeError, match="injected"):
         build_neighbours(db, CFG)
-    monkeypatch.setattr(nmod._NeighbourShard, "__call__", real)
+    monkeypatch.setattr(nmod.NeighboursWorker, "run", real)
     r = build_neighbours(db, CFG)
     assert r.shards_done == 2  # shard 0 was finished before the crash
     assert shard_bytes(db) == shard_bytes(built)
@@ -164,7 +164,7 @@ def test_no_exclusion_returns_the_chunk_itself_and_warns(built, tmp_path):
 @pytest.fixture(scope="module")
 def dup_pair(corpus_files, tmp_path_factory):
     """A database of 3 documents and a query database holding a copy of one of them."""
-    from retrodb.index import IndexConfig, build_index
+    from retrodb.stages.index import IndexConfig, build_index
 
     root = tmp_path_factory.mktemp("dup")
     files = sorted(corpus_files, key=lambda p: p.stat().st_size)[:3]
@@ -174,8 +174,8 @@ def dup_pair(corpus_files, tmp_path_factory):
         shutil.copy(f, root / "src" / f.name)
     shutil.copy(files[-1], root / "val" / ("copy-" + files[-1].name))
     db, qdb = root / "db", root / "qdb"
-    chunk_corpus(db, [str(root / "src")], ChunkConfig(shard_size=100))
-    chunk_corpus(qdb, [str(root / "val")], ChunkConfig(shard_size=100))
+    chunk_corpus(db, [str(root / "src")], ChunkConfig(split_size=40_000))
+    chunk_corpus(qdb, [str(root / "val")], ChunkConfig(split_size=40_000))
     fill_embeddings(db)
     fill_embeddings(qdb)
     build_index(db, IndexConfig(factory="IVF4,Flat", recall_queries=200))
@@ -203,7 +203,7 @@ def test_leakage_filter_removes_a_planted_duplicate(dup_pair):
     assert rep["dropped_overlap"] >= n and sum(rep["r_hist"][5:]) == 0  # all r ≤ 0.25
     # the copies dropped, the search widened: every query still has its k neighbours
     assert rep["short"] == 0 and (ids >= 0).all()
-    from retrodb.overlap import overlap_ratio
+    from retrodb.stores.overlap import overlap_ratio
 
     valid = ids >= 0
     r = overlap_ratio(qt.tokens(np.arange(n)), qt.rows(np.arange(n))["length"],
@@ -221,7 +221,7 @@ def test_appended_query_shards_are_searched_alone(dup_pair, corpus_files, tmp_pa
     extra = tmp_path / "more"
     extra.mkdir()
     shutil.copy(sorted(corpus_files)[0], extra / "more.rst.txt")
-    chunk_corpus(qdb, [str(extra)], ChunkConfig(shard_size=100))
+    chunk_corpus(qdb, [str(extra)], ChunkConfig(split_size=40_000))
     fill_embeddings(qdb)
     r = build_neighbours(db, cfg)
     after = shard_bytes(db, "val")
@@ -258,7 +258,7 @@ def test_bad_inputs(built, dup_pair, tmp_path):
     with pytest.raises(RetrodbError, match="no index"):
         build_neighbours(noidx, NeighboursConfig(set="z"))
     stale = copy_db(db, tmp_path / "stale")
-    chunk_corpus(stale, [str(qdb.parent / "val")], ChunkConfig(shard_size=100))
+    chunk_corpus(stale, [str(qdb.parent / "val")], ChunkConfig(split_size=40_000))
     fill_embeddings(stale)
     with pytest.raises(RetrodbError, match="other embeddings"):
         build_neighbours(stale, NeighboursConfig(set="z"))
@@ -292,8 +292,8 @@ def test_cli_build_report_and_errors(built, tmp_path):
 def test_verify_checks_and_recomputes_neighbour_shards(built, tmp_path):
     import pyarrow as pa
 
-    from retrodb.runner import Manifest, file_record
-    from retrodb.verify import verify
+    from retrodb.core.manifest import Manifest, file_record
+    from retrodb.ops.verify import verify
 
     db = copy_db(built, tmp_path / "db")
     rep = verify(db, sample=1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrodb.overlap import longest_common_run, overlap_ratio
+from retrodb.stores.overlap import longest_common_run, overlap_ratio
 
 
 def _slow(a, b):

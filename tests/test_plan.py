@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from retrodb.errors import RetrodbError
-from retrodb.plan import PlanConfig, Rates, parse_factory, plan
+from retrodb.core.errors import RetrodbError
+from retrodb.ops.plan import PlanConfig, Rates, parse_factory, plan
 
 
 def test_plan_for_the_paper_scale():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 
 from dbread import read_chunks, read_docs
 from embed_contract import StubEmbedder
-from retrodb.errors import RetrodbError
+from retrodb.core.errors import RetrodbError
 
 pytest.importorskip("faiss")
 
@@ -62,8 +64,10 @@ def test_search_vectors_and_hit_dicts(indexed_db):
 
     r = retrodb.open(indexed_db, embedder=StubEmbedder())
     x = np.load(indexed_db / "embeddings" / "00001.npy")[:3].astype(np.float32)
+    first = json.loads((indexed_db / "embeddings" / "manifest.json").read_text())[
+        "shards"][1]["first_id"]
     scores, ids = r.search_vectors(x, k=2)
-    assert ids.shape == (3, 2) and list(ids[:, 0]) == [300, 301, 302]
+    assert ids.shape == (3, 2) and list(ids[:, 0]) == [first, first + 1, first + 2]
     d = r.search("How do I define a class in Python?", k=1)[0][0].to_dict()
     assert set(d) == {"chunk_id", "score", "text", "continuation", "continuation_id",
                       "doc_id", "pos", "source", "position"}

@@ -11,11 +11,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from retrodb.chunk import ChunkConfig, chunk_corpus  # noqa: E402
-from retrodb.db import Database  # noqa: E402
-from retrodb.executor import RayExecutor  # noqa: E402
-from retrodb.runner import Manifest, pending_tasks, run_shard_stage  # noqa: E402
-from retrodb.tokens import TokenStore, _dtype, _TokensShard, build_tokens  # noqa: E402
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus  # noqa: E402
+from retrodb.core.db import Database  # noqa: E402
+from retrodb.exec.executors import ExecutorSpec  # noqa: E402
+from retrodb.exec.runner import run_stage  # noqa: E402
+from retrodb.stores.tokens import TokensStage, TokenStore, build_tokens  # noqa: E402
 
 from dbread import shard_bytes  # noqa: E402
 
@@ -39,43 +39,38 @@ def local_ray(tmp_path_factory):
 
 
 def test_chunk_on_ray_equals_local(tmp_path, corpus, local_ray):
-    cfg = dict(shard_size=300, row_group_rows=128)
+    cfg = dict(split_size=40_000, row_group_rows=128)
     chunk_corpus(tmp_path / "local", [str(corpus)], ChunkConfig(workers=2, **cfg))
     chunk_corpus(tmp_path / "ray", [str(corpus)], ChunkConfig(executor="ray", **cfg))
     assert shard_bytes(tmp_path / "local") == shard_bytes(tmp_path / "ray")
 
 
-class KillOnce:
-    """A shard function whose first attempt at every shard dies by SIGKILL."""
+class KillOnce(TokensStage):
+    """The token store stage, whose first attempt at every shard dies by SIGKILL."""
 
-    def __init__(self, fn, marks: Path):
-        self.fn, self.marks = fn, marks
+    def __init__(self, db, marks: Path):
+        super().__init__(db)
+        self.marks = marks
 
-    def __call__(self, task, tmp):
+    def run(self, task, out):
         mark = self.marks / f"{task.shard}"
         if not mark.exists():
             mark.touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        return self.fn(task, tmp)
+        return super().run(task, out)
 
 
 def test_killed_ray_tasks_are_retried(tmp_path, corpus, local_ray):
     db = tmp_path / "db"
-    chunk_corpus(db, [str(corpus)], ChunkConfig(shard_size=300))
+    chunk_corpus(db, [str(corpus)], ChunkConfig(split_size=80_000))
     ref = tmp_path / "ref"
-    chunk_corpus(ref, [str(corpus)], ChunkConfig(shard_size=300))
+    chunk_corpus(ref, [str(corpus)], ChunkConfig(split_size=80_000))
     build_tokens(ref)
 
-    cfg = Database(db).config()
-    src = Manifest(db / "chunks", "chunks")
-    dst = Manifest(db / "tokens", "tokens")
-    tasks, _ = pending_tasks(src, dst, ".npy")
     marks = tmp_path / "marks"
     marks.mkdir()
-    fn = KillOnce(_TokensShard(db / "chunks", _dtype(cfg["token_dtype"], cfg["chunk_size"])),
-                  marks)
-    done = run_shard_stage(tasks, fn, dst, RayExecutor())
-    assert sorted(e["shard"] for e in done) == [0, 1, 2]  # each once: no duplicates
+    rep = run_stage(KillOnce(Database(db), marks), ExecutorSpec(kind="ray"))
+    assert sorted(e["shard"] for e in rep.entries) == [0, 1, 2]  # each once: no duplicates
     assert len(list(marks.iterdir())) == 3  # every shard's first attempt was killed
     for name in ("00000.npy", "00001.npy", "00002.npy"):
         assert (db / "tokens" / name).read_bytes() == (ref / "tokens" / name).read_bytes()
@@ -86,11 +81,11 @@ def test_killed_ray_tasks_are_retried(tmp_path, corpus, local_ray):
 def test_embed_on_ray_equals_local(tmp_path, corpus_files, local_ray):
     """The embed stage's shard function as Ray tasks (model loaded once per Ray worker)
     writes the same key shards, byte for byte, as the local executor."""
-    from retrodb.embed import EmbedConfig, embed_db
+    from retrodb.stages.embed import EmbedConfig, embed_db
 
     small = sorted(corpus_files, key=lambda p: p.stat().st_size)[:2]
     for name in ("local", "ray"):
-        chunk_corpus(tmp_path / name, [str(p) for p in small], ChunkConfig(shard_size=60))
+        chunk_corpus(tmp_path / name, [str(p) for p in small], ChunkConfig(split_size=40_000))
     embed_db(tmp_path / "local", EmbedConfig())
     r = embed_db(tmp_path / "ray", EmbedConfig(executor="ray"))
     assert r.devices == ["ray:cpu"] and len(r.shards) >= 2
@@ -103,7 +98,7 @@ def test_embed_on_ray_equals_local(tmp_path, corpus_files, local_ray):
 def test_neighbours_on_ray_equal_local(indexed_db, tmp_path, local_ray):
     import shutil
 
-    from retrodb.neighbours import NeighboursConfig, build_neighbours
+    from retrodb.stages.neighbours import NeighboursConfig, build_neighbours
 
     db = tmp_path / "db"
     shutil.copytree(indexed_db, db)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from retrodb.chunk import ChunkConfig, chunk_corpus
-from retrodb.errors import RetrodbError
-from retrodb.runner import Manifest, stage_lock
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+from retrodb.core.errors import RetrodbError
+from retrodb.core.db import Database
+from retrodb.core.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,9 +47,8 @@ def test_second_writer_is_refused(tmp_path, corpus_files):
     chunk_corpus(db, [str(corpus_files[0])], ChunkConfig())
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from pathlib import Path
-        from retrodb.runner import stage_lock
-        with stage_lock(Path({str(db / 'chunks')!r}), "chunk"):
+        from retrodb.core.db import Database
+        with Database({str(db)!r}).chunks.lock("chunk"):
             print("locked", flush=True)
             time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)
@@ -62,5 +62,5 @@ def test_second_writer_is_refused(tmp_path, corpus_files):
     # the lock dies with its holder
     r = chunk_corpus(db, [str(corpus_files[1])], ChunkConfig())
     assert r.docs == 1
-    with stage_lock(db / "chunks", "chunk"):
+    with Database(db).chunks.lock("chunk"):
         pass

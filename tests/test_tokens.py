@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrodb.chunk import ChunkConfig, chunk_corpus
-from retrodb.errors import RetrodbError
-from retrodb.tokens import TokenStore, build_tokens
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+from retrodb.core.errors import RetrodbError
+from retrodb.stores.tokens import TokenStore, build_tokens
 
 from dbread import read_chunks
 
 
 def test_token_store_matches_chunks_and_appends(tmp_path, corpus_files):
     db = tmp_path / "db"
-    chunk_corpus(db, [str(f) for f in corpus_files[:4]], ChunkConfig(shard_size=150))
+    chunk_corpus(db, [str(f) for f in corpus_files[:4]], ChunkConfig(split_size=40_000))
     store = TokenStore(db)
     t = read_chunks(db).to_pydict()
     n = len(t["chunk_id"])
@@ -39,7 +39,7 @@ def test_token_store_matches_chunks_and_appends(tmp_path, corpus_files):
 
     # appended chunk shards are added alone
     before = len(list((db / "tokens").glob("0*.npy")))
-    r = chunk_corpus(db, [str(f) for f in corpus_files], ChunkConfig(shard_size=150))
+    r = chunk_corpus(db, [str(f) for f in corpus_files], ChunkConfig(split_size=40_000))
     assert build_tokens(db) == len(r.shards) > 0
     assert len(list((db / "tokens").glob("0*.npy"))) == before + len(r.shards)
     assert build_tokens(db) == 0

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from retrodb.chunk import ChunkConfig, chunk_corpus
-from retrodb.errors import RetrodbError
-from retrodb.train import TrainConfig, batch_rows, train
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+from retrodb.core.errors import RetrodbError
+from retrodb.training.train import TrainConfig, batch_rows, train
 
 from neighbour_fixture import write_neighbours
 
@@ -25,7 +25,7 @@ TINY = TrainConfig(run="x", preset="tiny", steps=6, seq_chunks=4, batch_size=4, 
 def db(tmp_path_factory, corpus) -> Path:
     """The example corpus (874 chunks, 7 documents) with a token-overlap neighbour set."""
     db = tmp_path_factory.mktemp("train") / "db"
-    chunk_corpus(db, [str(corpus)], ChunkConfig(shard_size=300))
+    chunk_corpus(db, [str(corpus)], ChunkConfig(split_size=40_000))
     write_neighbours(db, "train", k=2)
     return db
 
@@ -51,7 +51,7 @@ def test_resume_after_crash_gives_the_uninterrupted_curve(db):
     train(db, replace(TINY, run="whole"))
 
     def crash_at_5(p):
-        if p.step == 5:  # checkpoint at 4, step 5 is logged, then the process "dies"
+        if p.done == 5:  # checkpoint at 4, step 5 is logged, then the process "dies"
             raise Crash
 
     with pytest.raises(Crash):
@@ -113,9 +113,9 @@ def test_data_order_depends_on_step_only():
 
 
 def test_sequences_mask_padding_and_filter_neighbours(db):
-    from retrodb.neighbours import NeighbourTable
-    from retrodb.sequences import Sequences
-    from retrodb.split import load_split
+    from retrodb.stores.neighbour_table import NeighbourTable
+    from retrodb.training.sequences import Sequences
+    from retrodb.stores.split import load_split
 
     split = load_split(db)
     train_seqs = Sequences(db, split, "train", 4, table=NeighbourTable(db))
@@ -137,7 +137,7 @@ def test_sequences_mask_padding_and_filter_neighbours(db):
 def test_eval_reports_bpb_with_without_and_filtered_retrieval(db):
     import math
 
-    from retrodb.evaluate import evaluate_run
+    from retrodb.training.evaluate import evaluate_run
 
     train(db, replace(TINY, run="ev", steps=4))
     r = evaluate_run(db, "ev", max_sequences=6)

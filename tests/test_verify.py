@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from retrodb.chunk import ChunkConfig, chunk_corpus
-from retrodb.tokens import build_tokens
-from retrodb.verify import verify
+from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+from retrodb.stores.tokens import build_tokens
+from retrodb.ops.verify import verify
 
 
 @pytest.fixture()
@@ -17,8 +17,8 @@ def db(tmp_path, corpus):
     src = tmp_path / "src"
     shutil.copytree(corpus, src)
     db = tmp_path / "db"
-    chunk_corpus(db, [str(src / "tutorial")], ChunkConfig(shard_size=200))
-    chunk_corpus(db, [str(src)], ChunkConfig(shard_size=200))  # an appended run
+    chunk_corpus(db, [str(src / "tutorial")], ChunkConfig(split_size=40_000))
+    chunk_corpus(db, [str(src)], ChunkConfig(split_size=40_000))  # an appended run
     build_tokens(db)
     return db
 
@@ -30,7 +30,8 @@ def _errors(rep):
 def test_clean_database_verifies_with_every_shard_recomputed(db):
     rep = verify(db, sample=1.0)
     assert rep.ok, rep.findings
-    assert len(rep.recomputed) == 5 and rep.checked_files == 15
+    # 7 chunk shards (one per file), each with its docs shard and token shard
+    assert len(rep.recomputed) == 7 and rep.checked_files == 21
 
 
 def test_corrupt_and_truncated_shards_are_found(db):
@@ -62,7 +63,7 @@ def test_recompute_detects_a_consistently_rewritten_shard(db, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from retrodb.runner import file_record
+    from retrodb.core.manifest import file_record
 
     p = db / "chunks" / "00000.parquet"
     t = pq.read_table(p)
@@ -75,9 +76,12 @@ def test_recompute_detects_a_consistently_rewritten_shard(db, tmp_path):
     data["shards"][0].update(file_record(p, p.name))
     m.write_text(json.dumps(data))
     rep = verify(db, sample=1.0)
-    assert sorted(_errors(rep)) == [
-        "00000.npy: computed from an older chunk shard 0; rerun the tokens stage",
-        "chunks/00000.parquet: recomputed from its inputs it differs from the stored shard"]
+    errors = sorted(_errors(rep))
+    assert len(errors) == 2
+    assert any(e.endswith("tokens/00000.npy: computed from an older chunk shard 0; rerun "
+                          "the tokens stage") for e in errors)
+    assert any(e.endswith("chunks/00000.parquet: recomputed from its inputs it differs "
+                          "from the stored shard") for e in errors)
 
 
 def test_stale_derived_shard(db):

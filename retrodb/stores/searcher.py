@@ -1,0 +1,169 @@
+"""Searching the merged index, with exact re-ranking from the embedding shards.
+
+The merged index (quantizer, OPQ, codebooks in `merged.<g>.faiss`; inverted lists in
+`merged.<g>.ivfdata`) is opened memory-mapped and read-only: it can exceed RAM, and
+processes on one machine share the page cache. A longer candidate list from the PQ
+codes is re-scored with the exact float16 keys (faiss's IndexRefine idea, served from
+memory-mapped shards instead of RAM). The operating point (nprobe, candidates) is the
+one measured and chosen when the index was merged, unless given.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..core.db import Database
+from ..core.errors import RetrodbError
+from ..core.manifest import Manifest
+from ..core.util import quiet_c_stdout
+from .vectors import EmbeddingStore
+
+STAGE = "index"  # the index stage's manifest
+
+
+def faiss():
+    """The faiss module (imported on first use: `retrodb --help` stays fast)."""
+    try:
+        import faiss as f
+    except ImportError:  # pragma: no cover - a dependency
+        raise RetrodbError("the index needs faiss: pip install faiss-cpu") from None
+    return f
+
+
+def read_index(path, flags: int = 0):
+    """A faiss index from its own file format (never a pickle)."""
+    f = faiss()
+    with quiet_c_stdout():
+        return f.read_index(str(path), flags)
+
+
+def index_manifest(db: Database) -> Manifest:
+    return Manifest(db.index, STAGE)
+
+
+def merged_ok(m: Manifest, merged: dict) -> bool:
+    """The merged index's files exist with their sizes, and its fixed part (quantizer,
+    OPQ, codebooks: small) has its checksum; the lists are too large to hash on open."""
+    try:
+        return m.files_ok(merged, checksum=False) and \
+            m.path_of(merged["file"]).sha256() == merged["sha256"]
+    except RetrodbError:
+        return False
+
+
+def set_nprobe(index, nprobe: int) -> int:
+    """Probe `nprobe` lists (at most all); an HNSW quantizer is widened to return them."""
+    f = faiss()
+    ivf = f.extract_index_ivf(index)
+    ivf.nprobe = min(nprobe, ivf.nlist)
+    q = f.downcast_index(ivf.quantizer)
+    if isinstance(q, f.IndexHNSW):
+        q.hnsw.efSearch = max(q.hnsw.efSearch, ivf.nprobe)
+    return int(ivf.nprobe)
+
+
+class IndexSearcher:
+    """The merged index, memory-mapped, with exact re-ranking from the embedding shards.
+
+    `nprobe` and `candidates` default to the operating point chosen when the index was
+    merged; `search` may override both per call (thread-safe: calls with different
+    settings are serialised).
+    """
+
+    def __init__(self, db, nprobe: int | None = None, candidates: int | None = None,
+                 store: EmbeddingStore | None = None):
+        f = faiss()
+        db = Database(db)
+        self.db = db
+        m = index_manifest(db)
+        merged = m.data.get("merged")
+        if merged is None:
+            raise RetrodbError(f"{db.index}: no merged index; build it with `retrodb "
+                               f"index --db {db.root}`")
+        if not merged_ok(m, merged):
+            raise RetrodbError(f"{m.path_of(merged['file'])}: missing, truncated or "
+                               "corrupted (it no longer matches the manifest); rebuild it "
+                               f"with `retrodb index --db {db.root}`")
+        self.manifest = m
+        self.trained = m.data["trained"]
+        self.merged = merged
+        self.recall = m.data.get("recall")
+        chosen = (self.recall or {}).get("chosen") or {}
+        self.nprobe = int(nprobe or chosen.get("nprobe") or min(self.trained["nlist"], 16))
+        self.candidates = int(candidates if candidates is not None
+                              else chosen.get("candidates", 0))
+        if self.nprobe <= 0:
+            raise RetrodbError(f"--nprobe {self.nprobe}: must be at least 1")
+        if self.candidates < 0:
+            raise RetrodbError(f"--candidates {self.candidates}: must be 0 or positive")
+        path = m.path_of(merged["file"]).local()
+        m.path_of(merged["ivfdata"]["file"]).local()  # beside it (fetched if remote)
+        self.index = read_index(path, f.IO_FLAG_ONDISK_SAME_DIR | f.IO_FLAG_READ_ONLY)
+        self.d = int(self.index.d)
+        self.ntotal = int(self.index.ntotal)
+        self._store = store
+        self._lock = threading.Lock()
+        set_nprobe(self.index, self.nprobe)
+
+    @property
+    def store(self) -> EmbeddingStore:
+        if self._store is None:
+            self._store = EmbeddingStore(self.db)
+        if self._store.dim != self.d:
+            raise RetrodbError(f"{self.manifest.path_of(self.merged['file'])}: dimension "
+                               f"{self.d}, the embeddings have {self._store.dim}; rebuild "
+                               "the index (remove DB/index, rerun `retrodb index`)")
+        return self._store
+
+    def candidates_for(self, xq: np.ndarray, n: int, nprobe: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """The PQ index's top `n` (approximate scores, ids) at `nprobe`."""
+        with self._lock:
+            set_nprobe(self.index, nprobe or self.nprobe)
+            return self.index.search(xq, n)
+
+    def search(self, xq: np.ndarray, k: int, nprobe: int | None = None,
+               candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores float32 (n, k), chunk ids int64 (n, k)); -1 ids where none found.
+
+        With `candidates` > 0, the PQ index returns max(candidates, k) ids per query,
+        re-scored with the exact vectors; the scores are then exact inner products.
+        """
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        if xq.ndim != 2 or xq.shape[1] != self.d:
+            raise RetrodbError(f"query vectors of shape {xq.shape}: the index has "
+                               f"dimension {self.d}")
+        if k <= 0:
+            raise RetrodbError(f"-k {k}: must be at least 1")
+        c = self.candidates if candidates is None else candidates
+        D, I = self.candidates_for(xq, max(c, k) if c else k, nprobe)
+        if not c:
+            return D, I
+        return rerank(self.store, xq, I, k)
+
+
+def rerank(store: EmbeddingStore, xq: np.ndarray, cand: np.ndarray, k: int,
+           floats: int = 1 << 23) -> tuple[np.ndarray, np.ndarray]:
+    """Top `k` of each row of candidate ids `cand` by exact inner product with `xq`.
+
+    Queries go in blocks whose gathered keys (block × candidates × dim float32) stay
+    under `floats` (32 MB)."""
+    n, c = cand.shape
+    scores = np.full((n, k), -np.inf, dtype=np.float32)
+    ids = np.full((n, k), -1, dtype=np.int64)
+    block = max(1, floats // max(1, c * store.dim))
+    for lo in range(0, n, block):
+        ci = cand[lo:lo + block]
+        valid = ci >= 0
+        vecs = np.zeros(ci.shape + (store.dim,), dtype=np.float32)
+        vecs[valid] = store.get(ci[valid])
+        s = np.einsum("qcd,qd->qc", vecs, xq[lo:lo + block])
+        s[~valid] = -np.inf
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        kk = top.shape[1]
+        scores[lo:lo + block, :kk] = np.take_along_axis(s, top, axis=1)
+        ids[lo:lo + block, :kk] = np.where(np.take_along_axis(valid, top, axis=1),
+                                           np.take_along_axis(ci, top, axis=1), -1)
+    return scores, ids

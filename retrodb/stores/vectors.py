@@ -1,0 +1,135 @@
+"""The embedding shards as one memory-mapped matrix: rows by chunk id, blocks in order.
+
+    DB/embeddings/00000.npy      float16 [rows, dim], row i = chunk first_id + i,
+                                 L2-normalised (inner product = cosine)
+    DB/embeddings/manifest.json  stage "embeddings": shard, file, rows, first_id, ...
+
+Nothing here loads a shard whole: rows are gathered from `np.load(mmap_mode="r")`
+views (the page cache does the rest) and scans go block by block.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from ..core.db import Database
+from ..core.errors import RetrodbError
+from ..core.manifest import Manifest, require_files
+from ..core.util import ranges
+
+
+class EmbeddingStore:
+    """Every embedding shard of a database, checked complete against the chunk shards."""
+
+    def __init__(self, db):
+        db = Database(db)
+        self.db = db
+        self.config = db.config()
+        chunks = Manifest(db.chunks, "chunks")
+        if not chunks.shards:
+            raise RetrodbError(f"{db.root}: no chunks; run `retrodb chunk INPUT --db "
+                               f"{db.root}` and `retrodb embed --db {db.root}` first")
+        require_files(chunks, "rerun `retrodb chunk` with the same inputs to rebuild it "
+                              "(`retrodb verify` lists what is affected)")
+        m = Manifest(db.embeddings, "embeddings")
+        self.manifest = m
+        if not m.shards:
+            raise RetrodbError(f"{db.embeddings}: no embeddings; run `retrodb embed "
+                               f"--db {db.root}` first")
+        missing, stale = [], []
+        listing = m.listing()
+        for c in chunks.shards:
+            e = m.entry(c["shard"])
+            if e is None or m.bad_files(e, "size", listing):
+                missing.append(c["shard"])  # absent, or its file missing or truncated
+            elif e.get("source_sha256") != c["sha256"] or e["rows"] != c["rows"] \
+                    or e["first_id"] != c["first_id"]:
+                stale.append(c["shard"])
+        if missing or stale:
+            parts = []
+            if missing:
+                parts.append(f"missing or truncated for chunk shard(s) {ranges(missing)}")
+            if stale:
+                parts.append(f"computed from an older version of chunk shard(s) "
+                             f"{ranges(stale)}")
+            raise RetrodbError(f"{db.embeddings}: embeddings are incomplete "
+                               f"({len(missing) + len(stale)} of {len(chunks.shards)} "
+                               f"shards: {'; '.join(parts)}); run `retrodb embed --db "
+                               f"{db.root}` to finish them")
+        self.entries = sorted((m.entry(c["shard"]) for c in chunks.shards),
+                              key=lambda e: e["first_id"])
+        self.first_ids = np.array([e["first_id"] for e in self.entries], dtype=np.int64)
+        self.rows = np.array([e["rows"] for e in self.entries], dtype=np.int64)
+        self.n = int(self.rows.sum())
+        self._maps: dict[int, np.ndarray] = {}
+        dims = {}
+        for i, e in enumerate(self.entries):
+            a = self.shard(i)
+            if a.ndim != 2 or a.shape[0] != e["rows"]:
+                raise RetrodbError(f"{m.path_of(e['file'])}: shape {a.shape}, manifest "
+                                   f"says {e['rows']} rows; rerun `retrodb embed`")
+            dims.setdefault(a.shape[1], e["file"])
+        if len(dims) > 1:
+            desc = ", ".join(f"{d} ({f})" for d, f in dims.items())
+            raise RetrodbError(f"{db.embeddings}: shards have different dimensions: "
+                               f"{desc}; re-embed with one model")
+        self.dim = next(iter(dims))
+        spec = self.config.get("embedder") or {}
+        if spec.get("dim") not in (None, self.dim):
+            raise RetrodbError(f"{db.config_file}: embedder dim {spec['dim']}, the "
+                               f"embedding shards have {self.dim}; rerun `retrodb embed`")
+
+    @property
+    def normalized(self) -> bool:
+        """Whether retrodb.json says the keys are L2-normalised."""
+        return bool((self.config.get("embedder") or {}).get("normalize"))
+
+    def shard(self, i: int) -> np.ndarray:
+        """The i-th shard (in id order), memory-mapped read-only."""
+        a = self._maps.get(i)
+        if a is None:
+            loc = self.manifest.path_of(self.entries[i]["file"])
+            try:
+                a = np.load(loc.local(), mmap_mode="r" if self.entries[i]["rows"] else None,
+                            allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise RetrodbError(f"{loc}: not a readable .npy key shard ({e}); rerun "
+                                   "`retrodb embed` to recompute it") from None
+            self._maps[i] = a
+        return a
+
+    def get(self, ids) -> np.ndarray:
+        """float32 rows of chunk ids (1-d array); ids must be in 0..n-1."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        if not len(ids):
+            return out
+        if ids.min() < 0 or ids.max() >= self.n:
+            bad = ids[(ids < 0) | (ids >= self.n)][0]
+            raise RetrodbError(f"chunk id {int(bad)} is outside the embeddings "
+                               f"(0..{self.n - 1})")
+        order = np.argsort(ids, kind="stable")  # sorted reads: sequential page access
+        sids = ids[order]
+        shard = np.searchsorted(self.first_ids, sids, side="right") - 1
+        bounds = np.flatnonzero(np.diff(shard)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(sids)]):
+            s = int(shard[lo])
+            out[order[lo:hi]] = self.shard(s)[sids[lo:hi] - self.first_ids[s]]
+        return out
+
+    def blocks(self, rows: int = 1 << 16) -> Iterator[tuple[int, np.ndarray]]:
+        """(first chunk id, float32 block) over every row in id order."""
+        for i, e in enumerate(self.entries):
+            a = self.shard(i)
+            for lo in range(0, len(a), rows):
+                yield e["first_id"] + lo, np.asarray(a[lo:lo + rows], dtype=np.float32)
+
+    def sample_ids(self, size: int, seed: int) -> np.ndarray:
+        """A uniform sample of `size` distinct chunk ids, sorted (O(size) memory)."""
+        rng = np.random.default_rng(seed)
+        if size >= self.n:
+            return np.arange(self.n, dtype=np.int64)
+        return np.sort(rng.choice(self.n, size=size, replace=False, shuffle=False))
+
