@@ -1,16 +1,15 @@
 """Benchmark `retrodb embed` against `SentenceTransformer.encode` on the same chunks.
 
-One process, rounds interleaved so that load from other processes hits every contender
-alike; the median round is reported:
-  - baseline: `SentenceTransformer(model).encode(texts)` with default settings (batch 32,
-    its own length sort), the model loaded once before timing;
-  - ours: the whole stage, `embed_db` on a fresh copy of the database (Parquet read,
-    model load, tokenisation where needed, .npy write, manifest), with 1 worker
-    (all cores as threads) and with 2 workers (one thread each).
+One process; the contenders are warmed up, then run in turn, round after round:
+  - baseline: `SentenceTransformer(model).encode(texts, batch_size=64)`, the same batch
+    size as ours (and, as a second baseline, its default batch of 32), the model
+    loaded once before timing;
+  - ours: the whole stage, `embed_db` on the same database with its keys removed
+    (Parquet read, model load, tokenisation where needed, .npy write, manifest), with 1
+    worker (all cores as lanes) and with 2 workers (one core each).
 Also: cosine of our float16 keys to the baseline's, and the FLOP-bound limit of the
 model on this machine: FLOPs per chunk (2 x linear parameters x tokens + attention)
 against the peak fp32 matmul rate torch reaches here (its default GEMM and oneDNN).
-Writes benchmarks/results/embed.md and prints it.
 
 Usage: python benchmarks/bench_embed.py [--corpus DIR] [--copies 3] [--rounds 3]
 """
@@ -20,17 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import ROOT, Measure, Result, Side, interleave
 
 
 def _chunk(corpus: Path, copies: int, tmp: Path) -> Path:
@@ -40,7 +36,7 @@ def _chunk(corpus: Path, copies: int, tmp: Path) -> Path:
     for i in range(copies):
         shutil.copytree(corpus, src / f"copy{i}")
     db = tmp / "db"
-    chunk_corpus(db, [str(src)], ChunkConfig(shard_size=1000))
+    chunk_corpus(db, [str(src)], ChunkConfig(split_size=256 << 10, root=str(src)))
     return db
 
 
@@ -73,10 +69,10 @@ def peak_matmul(tokens: int, hidden: int, inner: int, cores: int) -> dict[str, f
     the cores (the ideal, what independent lanes can reach), and all cores as threads."""
     import torch
 
-    from retrodb.stages.embed.embedder import _onednn_class
+    from retrodb.stages.embed.onednn import onednn_class
 
     rates: dict[str, float] = {}
-    lin_cls = _onednn_class()
+    lin_cls = onednn_class()
     shapes = {"model shapes": (tokens, hidden, inner), "2048^3": (2048, 2048, 2048)}
     with torch.inference_mode():
         for threads in (1, cores):
@@ -111,110 +107,87 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    import torch
     from sentence_transformers import SentenceTransformer
 
-    from retrodb.stages.embed import EmbedConfig, embed_db
     from retrodb.stages.chunk.tokenizer import default_model_dir
+    from retrodb.stages.embed import EmbedConfig, embed_db
 
-    load0 = os.getloadavg()[0]
+    res = Result("embed", ["retrodb/stages/embed", "retrodb/exec"], "embed")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         db = _chunk(args.corpus, args.copies, tmp)
         texts = _texts(db)
         st = SentenceTransformer(str(default_model_dir()), device="cpu")
-        st.encode(texts[:64])  # warm up
-        contenders = {"ours, 1 worker": EmbedConfig(),
-                      "ours, 2 workers": EmbedConfig(workers=2)}
-        rates: dict[str, list[float]] = {"baseline": [], **{k: [] for k in contenders}}
-        inner: dict[str, list[float]] = {k: [] for k in contenders}
-        results = {}
-        base = None
-        for r in range(args.rounds):
-            t0 = time.perf_counter()
-            base = st.encode(texts)
-            rates["baseline"].append(len(texts) / (time.perf_counter() - t0))
-            for name, cfg in contenders.items():
+        kept: dict = {}
+
+        def base(batch: int):
+            def run() -> float:
+                t0 = time.perf_counter()
+                kept["base"] = st.encode(texts, batch_size=batch)
+                return len(texts) / (time.perf_counter() - t0)
+            return run
+
+        def ours(workers: int):
+            def run() -> float:
                 shutil.rmtree(db / "embeddings", ignore_errors=True)
                 t0 = time.perf_counter()
-                res = embed_db(db, cfg)
-                rates[name].append(res.chunks / (time.perf_counter() - t0))
-                results[name] = res
-                if name == "ours, 1 worker":
-                    keys = _keys(db)
-                    shards = json.loads(
-                        (db / "embeddings" / "manifest.json").read_text())["shards"]
-                    inner[name].append(res.chunks / sum(e["seconds"] for e in shards))
-            print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()),
-                  flush=True)
-        load1 = os.getloadavg()[0]
-        norms = np.linalg.norm(keys, axis=1) * np.linalg.norm(base, axis=1)
-        cos = (keys * base).sum(1) / norms
-        one = results["ours, 1 worker"]
-        tokens_per_chunk = one.tokens / one.chunks
+                r = embed_db(db, EmbedConfig(workers=workers, batch_size=64))
+                rate = r.chunks / (time.perf_counter() - t0)
+                shards = json.loads((db / "embeddings" / "manifest.json").read_text())
+                kept.setdefault(f"inner{workers}", []).append(
+                    r.chunks / sum(e["seconds"] for e in shards["shards"]))
+                kept[f"result{workers}"], kept[f"keys{workers}"] = r, _keys(db)
+                return rate
+            return run
+
+        runs = interleave({"st64": base(64), "st32": base(32), "w1": ours(1),
+                           "w2": ours(2)}, rounds=args.rounds)
+        one = kept["result1"]
+        model = st[0].auto_model
         seq = one.padded_tokens / one.chunks
-        flops, params = model_flops(st[0].auto_model, tokens_per_chunk, seq)
-        peaks = peak_matmul(64 * round(seq), st[0].auto_model.config.hidden_size,
-                            st[0].auto_model.config.intermediate_size,
-                            len(os.sched_getaffinity(0)))
+        flops, params = model_flops(model, one.tokens / one.chunks, seq)
+        peaks = peak_matmul(64 * round(seq), model.config.hidden_size,
+                            model.config.intermediate_size, len(os.sched_getaffinity(0)))
+    record(res, runs, kept, one, flops, params, peaks, len(texts))
+    res.save()
 
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    best_peak = max(peaks.values())
-    limit = best_peak / flops
-    machine = (f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores "
-               f"({_cpu_name()}), torch {torch.__version__}, Python "
-               f"{platform.python_version()}")
-    cmd = f"python benchmarks/bench_embed.py --copies {args.copies} --rounds {args.rounds}"
-    lines = [
-        "## embed",
-        "",
-        f"Chunks: {len(texts):,} 64-token chunks of the example corpus ({args.copies} "
-        f"copies), {tokens_per_chunk:.1f} tokens per chunk with [CLS]/[SEP]. Model: "
-        f"all-MiniLM-L6-v2 (fp32 on CPU). Machine: {machine}; load average "
-        f"{load0:.1f} before, {load1:.1f} after (a shared machine: rounds are interleaved, "
-        f"medians of {args.rounds}). Command: `{cmd}`.",
-        "",
-        "| measure | ours | baseline (same run) | ratio |",
-        "|---|---|---|---|",
+
+def record(res: Result, runs: dict, kept: dict, one, flops, params, peaks, n) -> None:
+    st64 = Side("SentenceTransformer.encode, batch 64", runs["st64"])
+    inner = kept["inner1"][1:]  # the warm-up round was not interleaved
+    res.add(Measure("chunks/s, whole stage, 1 worker vs encode (both batch 64)",
+                    "chunks/s", Side("ours, 1 worker", runs["w1"]), st64))
+    res.add(Measure("chunks/s, whole stage, 2 workers vs encode (both batch 64)",
+                    "chunks/s", Side("ours, 2 workers", runs["w2"]), st64,
+                    note="each worker has one core: torch's single-thread speed, two "
+                         "models in memory"))
+    res.add(Measure("chunks/s inside shards (model loaded), 1 worker vs encode",
+                    "chunks/s", Side("ours, in shards", inner), st64))
+    res.add(Measure("chunks/s, whole stage, 1 worker vs encode at its default batch 32",
+                    "chunks/s", Side("ours, 1 worker", runs["w1"]),
+                    Side("SentenceTransformer.encode, batch 32", runs["st32"])))
+    keys, base = kept["keys1"], kept["base"]
+    cos = (keys * base).sum(1) / (np.linalg.norm(keys, axis=1) * np.linalg.norm(base, axis=1))
+    best = max(peaks.values())
+    med = sorted(runs["w1"])[len(runs["w1"]) // 2]
+    res.facts.update(chunks=n, tokens_per_chunk=one.tokens / one.chunks,
+                     cos_min=float(cos.min()), cos_mean=float(cos.mean()),
+                     params_m=params / 1e6, gflop_per_chunk=flops / 1e9,
+                     peak_gflops=best / 1e9, limit=best / flops,
+                     share_of_limit=100 * med / (best / flops),
+                     padding=100 * one.padding_waste,
+                     retokenized=100 * one.retokenized / one.chunks,
+                     **{f"peak {k}": v / 1e9 for k, v in peaks.items()})
+    res.notes += [
+        "{chunks} 64-token chunks of the example corpus, {tokens_per_chunk} tokens per "
+        "chunk with [CLS]/[SEP]; all-MiniLM-L6-v2 in fp32 on the CPU. Padding waste "
+        "{padding}%, {retokenized}% of chunks re-tokenised from their text (cut inside a "
+        "word).",
+        "Cosine of our float16 keys to the baseline's: min {cos_min}, mean {cos_mean}.",
+        "FLOP-bound limit: {params_m} M linear weights → {gflop_per_chunk} GFLOP per "
+        "chunk; the best fp32 matmul measured here reaches {peak_gflops} GFLOP/s, so at "
+        "most {limit} chunks/s; ours (1 worker) runs at {share_of_limit}% of it.",
     ]
-    for name in contenders:
-        lines.append(f"| chunks/s, whole stage, {name.split(', ')[1]} vs "
-                     f"`SentenceTransformer.encode(texts)` | {med[name]:,.0f} | "
-                     f"{med['baseline']:,.0f} | {med[name] / med['baseline']:.2f}× |")
-    lines += [
-        f"| chunks/s inside shards (no model load), 1 worker | "
-        f"{statistics.median(inner['ours, 1 worker']):,.0f} | {med['baseline']:,.0f} | "
-        f"{statistics.median(inner['ours, 1 worker']) / med['baseline']:.2f}× |",
-        f"| cosine of our float16 keys to the baseline's: min / mean | {cos.min():.7f} / "
-        f"{cos.mean():.7f} | | |",
-        f"| padding waste; chunks re-tokenised from text | "
-        f"{100 * one.padding_waste:.1f}%; {one.retokenized / one.chunks:.0%} | | |",
-        "",
-        f"FLOP-bound limit: {params / 1e6:.1f} M linear weights → {flops / 1e9:.2f} GFLOP "
-        f"per chunk (2 × weights × {tokens_per_chunk:.1f} tokens + attention at "
-        f"{seq:.1f} positions). Peak fp32 matmul measured here with torch: "
-        + "; ".join(f"{k}: {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items())
-        + f". At the best, {best_peak / 1e9:.0f} GFLOP/s, the limit is "
-        f"**{limit:,.0f} chunks/s**; ours (1 worker) runs at "
-        f"{med['ours, 1 worker'] / limit:.0%} of it and the baseline at "
-        f"{med['baseline'] / limit:.0%}.",
-        "",
-    ]
-    text = "\n".join(lines)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "embed.md").write_text(text)
-    print(text)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -1,54 +1,178 @@
-"""Assemble BENCHMARKS.md from the per-stage results in benchmarks/results/*.md.
+"""Render BENCHMARKS.md from the result files in benchmarks/results/*.json, and check it.
 
-Each benchmark script writes its own section (numbers, machine, command); this joins
-them in pipeline order under one header.
+    python benchmarks/report.py            write BENCHMARKS.md
+    python benchmarks/report.py --check    exit 1 if BENCHMARKS.md differs from what the
+                                           results render, if a result was measured on a
+                                           dirty tree, or at a commit older than the last
+                                           change to the code it measures
+
+Every number in BENCHMARKS.md comes from a result file written by a benchmark script.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["chunk", "embed", "index", "index-autofaiss", "neighbours", "train", "scale"]
+RESULTS = ROOT / "benchmarks" / "results"
+OUT = ROOT / "BENCHMARKS.md"
+ORDER = ["chunk", "embed", "index", "search", "neighbours", "train", "retro", "serve",
+         "scale", "gpu"]
 
 HEADER = """# Benchmarks
 
-Every row compares a retrodb stage with its baseline **measured in the same run** on the
-same data; absolute rates on a shared machine are noise, the ratios are the result.
-Regenerate with `make bench` (each script also runs alone: see its command). How the
-embed and index numbers came about, with the measurements behind each design choice:
-[BENCHMARKS-embed.md](BENCHMARKS-embed.md), [BENCHMARKS-index.md](BENCHMARKS-index.md).
+Every comparison runs retrodb's stage and its baseline or peer **in the same run**, on
+the same data, with the same warm-up, interleaved round by round; the ratio of the
+paired rounds is the result (median, with the range over rounds), since absolute rates
+on a shared machine are noise. This file is rendered by `python benchmarks/report.py`
+from the result files the scripts write (`benchmarks/results/*.json`: every round, the
+machine, its load, the commit, the command, the library versions); no number here is
+typed by hand. `make bench` reruns everything; each section names its own command.
+"""
+
+GPU_NOTE = """
+## GPU
+
+Unmeasured: no GPU has been lent to a session yet. `embed --gpus` and training on CUDA
+are tested on the CPU for everything that is not a kernel (one worker per device, batch
+sizing, out-of-memory halving, the float16 cast, resume after a lost device), and
+`pytest -m gpu` compares their keys and losses with the CPU's where CUDA exists. On a GPU
+machine, `python benchmarks/bench_gpu.py` writes `results/gpu.json` and this section.
 """
 
 
-def summary(names: list[str], parts: dict[str, str]) -> str:
-    """One table of every section's comparison rows, with its machine and command."""
-    import re
+def fmt(x) -> str:
+    if isinstance(x, str):
+        return x
+    if x is None or x != x:
+        return "–"
+    a = abs(x)
+    if a >= 1000:
+        return f"{x:,.0f}"
+    if a >= 100:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.3g}" if a < 10 else f"{x:.2f}"
+    return f"{x:.4f}" if a >= 1e-3 else f"{x:.3g}"
 
-    rows = ["| stage | measure | ours | baseline (same run) | ratio | machine | command |",
-            "|---|---|---|---|---|---|---|"]
-    for n in names:
-        text = parts[n]
-        machine = re.search(r"Machine: (.*?)(?:; |\. Command)", text)
-        command = re.search(r"Command: (`[^`]*`)", text)
-        for line in text.splitlines():
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) != 4 or not line.startswith("|") or cells[0] in ("measure",) \
-                    or set(cells[0]) <= set("-") or not cells[3]:
-                continue
-            rows.append(f"| {n} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
-                        f"{machine.group(1) if machine else ''} | "
-                        f"{command.group(1) if command else ''} |")
+
+def ratio(m: dict) -> str:
+    r = m["ratio"]
+    n = len(m["ours"]["rounds"])
+    spread = "" if n == 1 or r["min"] == r["max"] else \
+        f" ({fmt(r['min'])}–{fmt(r['max'])})"
+    return f"{fmt(r['median'])}×{spread}"
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def machine(r: dict) -> str:
+    m = r["machine"]
+    return f"{m['cpu']}, {m['cores']} cores"
+
+
+def summary(results: list[dict]) -> str:
+    rows = ["| benchmark | measure | ours | baseline | ratio (median, range) | rounds |",
+            "|---|---|---|---|---|---|"]
+    for r in results:
+        for m in r["measures"]:
+            rows.append(f"| {r['benchmark']} | {m['name']} | {fmt(median(m['ours']['rounds']))}"
+                        f" {m['unit']} | {fmt(median(m['baseline']['rounds']))} {m['unit']} "
+                        f"| {ratio(m)} | {len(m['ours']['rounds'])} |")
     return "\n## All comparisons\n\n" + "\n".join(rows) + "\n"
 
 
+def section(r: dict) -> str:
+    m = r["machine"]
+    load = "/".join(fmt(x) for x in m["load_before"][:1] + m["load_after"][:1])
+    vers = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+    lines = [f"\n## {r['title']}\n",
+             f"Command: `{r['command']}` at commit {r['commit'][:10]}"
+             f"{' (dirty tree)' if r['dirty'] else ''}, {r['started']} UTC, "
+             f"{fmt(r['seconds'])} s. Machine: {machine(r)}, load average "
+             f"{load} (before/after). Versions: {vers}.\n",
+             "| measure | ours | rounds | baseline | rounds | ratio |",
+             "|---|---|---|---|---|---|"]
+    for x in r["measures"]:
+        o, b = x["ours"], x["baseline"]
+        lines.append(f"| {x['name']} | {o['label']}: {fmt(median(o['rounds']))} {x['unit']}"
+                     f" | {', '.join(fmt(v) for v in o['rounds'])} | {b['label']}: "
+                     f"{fmt(median(b['rounds']))} {x['unit']} | "
+                     f"{', '.join(fmt(v) for v in b['rounds'])} | {ratio(x)} |")
+    facts = {k: fmt(v) if isinstance(v, (int, float)) else v for k, v in r["facts"].items()}
+    notes = [n.format(**facts) for n in r["notes"]]
+    notes += [f"{x['name']}: {x['note'].format(**facts)}" for x in r["measures"] if x["note"]]
+    if notes:
+        lines.append("")
+        lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def load() -> list[dict]:
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    names = [n for n in ORDER if n in found] + sorted(set(found) - set(ORDER))
+    return [found[n] for n in names]
+
+
+def render(results: list[dict]) -> str:
+    text = HEADER + summary(results) + "".join(section(r) for r in results)
+    if not any(r["benchmark"] == "gpu" for r in results):
+        text += GPU_NOTE
+    return text
+
+
+def stale(r: dict) -> str | None:
+    """Why a result no longer measures the current code (None if it does)."""
+    script = f"benchmarks/{r['command'].split()[1].split('/')[-1]}"
+    paths = [p for p in r["code"] + [script] if (ROOT / p).exists()]
+    last = subprocess.run(["git", "log", "-1", "--format=%H", "--", *paths], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    if not last:
+        return None
+    ok = subprocess.run(["git", "merge-base", "--is-ancestor", last, r["commit"]],
+                        cwd=ROOT, capture_output=True)
+    if ok.returncode != 0:
+        return (f"measured at {r['commit'][:10]}, but {', '.join(paths)} changed in "
+                f"{last[:10]} since: rerun `{r['command']}`")
+    return None
+
+
+def check(results: list[dict]) -> list[str]:
+    problems = []
+    if not OUT.exists() or OUT.read_text() != render(results):
+        problems.append("BENCHMARKS.md differs from what the results render: run "
+                        "`python benchmarks/report.py`")
+    for r in results:
+        if r["dirty"]:
+            problems.append(f"results/{r['benchmark']}.json: measured on a dirty tree; "
+                            f"commit, then rerun `{r['command']}`")
+        why = stale(r)
+        if why:
+            problems.append(f"results/{r['benchmark']}.json: {why}")
+    return problems
+
+
 def main() -> None:
-    results = ROOT / "benchmarks" / "results"
-    parts = {p.stem: p.read_text().strip() for p in sorted(results.glob("*.md"))}
-    names = [n for n in ORDER if n in parts] + sorted(set(parts) - set(ORDER))
-    text = HEADER + summary(names, parts) + "".join(f"\n{parts[n]}\n" for n in names)
-    (ROOT / "BENCHMARKS.md").write_text(text)
-    print(f"wrote BENCHMARKS.md ({', '.join(names)})")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    results = load()
+    if args.check:
+        problems = check(results)
+        for p in problems:
+            print(f"benchmarks: {p}", file=sys.stderr)
+        sys.exit(1 if problems else 0)
+    OUT.write_text(render(results))
+    print(f"wrote BENCHMARKS.md ({', '.join(r['benchmark'] for r in results)})",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -217,3 +217,7 @@ def recall_table(rec: dict, factory: str = "") -> None:
                   f"best: {line[8:]}. Try more --candidates or a finer --factory")
     else:
         err.print(line)
+    held = rec.get("held_out")
+    if held:
+        err.print(f"on {held['queries']} held-out queries (not used to choose): "
+                  f"recall@{k} {held[f'recall@{k}']:.3f}")

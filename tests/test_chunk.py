@@ -65,12 +65,15 @@ def test_round_trip_ids_and_manifest(tmp_path, corpus, corpus_files):
     assert (pos[1:][~same] == 0).all()
 
 
-def test_tokens_match_whole_document_tokenisation(tmp_path, corpus_files):
-    """Segmenting long documents must not change tokens; padding is zeros."""
+def test_tokens_match_whole_document_tokenisation(tmp_path, any_corpus):
+    """Segmenting long documents must not change tokens; padding is zeros; the chunk
+    texts of a document are its text (prose and code alike)."""
     db = tmp_path / "db"
+    files = sorted(p for p in any_corpus.rglob("*.txt"))[:3]
     # tiny segments force many cuts inside every document
-    chunk_corpus(db, [str(f) for f in corpus_files[:3]],
-                 ChunkConfig(segment_chars=300, item_chars=2000, **SMALL))
+    chunk_corpus(db, [str(f) for f in files],  # splits large enough to hold whole files
+                 ChunkConfig(segment_chars=300, item_chars=2000, split_size=1 << 20))
+    texts = _docs_text(db)
     tok = resolve_tokenizer(None).load()
     t = read_chunks(db).to_pydict()
     for d in read_docs(db).to_pylist():
@@ -81,9 +84,9 @@ def test_tokens_match_whole_document_tokenisation(tmp_path, corpus_files):
             got += t["tokens"][i][:n]
             assert all(v == 0 for v in t["tokens"][i][n:])
             assert n == 64 or i == rows[-1]
-        want = tok.encode(Path(d["source"]).read_text(encoding="utf-8"),
-                          add_special_tokens=False).ids
-        assert got == want
+        source = Path(d["source"]).read_text(encoding="utf-8")
+        assert got == tok.encode(source, add_special_tokens=False).ids
+        assert texts[d["doc_id"]] == source
 
 
 def test_workers_give_identical_shards(tmp_path, corpus):
@@ -199,3 +202,36 @@ def test_one_enormous_line_streams(tmp_path, corpus_files, monkeypatch):
     assert r.docs == 1 and "".join(read_chunks(db).column("text").to_pylist()) == line
     tok = resolve_tokenizer(None).load()
     assert r.tokens == len(tok.encode(line, add_special_tokens=False).ids)
+
+
+def test_large_inputs_are_cut_at_line_starts_into_splits(tmp_path, perl_corpus):
+    """A file larger than --split-size spreads over several shards (and workers): a
+    .txt as consecutive documents cut at line starts, a .jsonl by its lines. Nothing is
+    lost or repeated, positions are the lines where documents start, and the shards are
+    the same bytes for one worker and two."""
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(perl_corpus.iterdir()))
+    big = tmp_path / "in" / "big.txt"
+    big.parent.mkdir()
+    big.write_text(text, encoding="utf-8")
+    paras = [p + "\n\n" for p in text.split("\n\n") if p.strip()]
+    lines = [json.dumps({"text": p}) for p in paras]
+    (tmp_path / "in" / "many.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dbs = []
+    for workers in (1, 2):
+        db = tmp_path / f"db{workers}"
+        r = chunk_corpus(db, [str(tmp_path / "in")], ChunkConfig(
+            split_size=20_000, workers=workers, root=str(tmp_path)))
+        dbs.append(db)
+    assert shard_bytes(dbs[0]) == shard_bytes(dbs[1])
+    size = big.stat().st_size + (tmp_path / "in" / "many.jsonl").stat().st_size
+    assert len(r.shards) >= size // 20_000
+    docs = read_docs(dbs[0]).to_pylist()
+    got = _docs_text(dbs[0])
+    txt = [d for d in docs if d["source"] == "in/big.txt"]
+    assert len(txt) > 5 and "".join(got[d["doc_id"]] for d in txt) == text
+    file_lines = text.split("\n")
+    for d in txt:  # each part starts at the line its position names
+        assert got[d["doc_id"]].startswith(file_lines[d["position"] - 1])
+    js = [d for d in docs if d["source"] == "in/many.jsonl"]
+    assert [got[d["doc_id"]] for d in js] == paras
+    assert [d["position"] for d in js] == list(range(1, len(paras) + 1))

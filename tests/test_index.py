@@ -72,7 +72,10 @@ def test_recall_at_chosen_operating_point_reaches_target(indexed_db):
     got = np.where(ids >= 0, np.einsum("qkd,qd->qk", x[np.maximum(ids, 0)], x), -np.inf)
     recall = float((got >= gt_s[:, 9:10] - 1e-4).mean())
     assert recall >= 0.9
-    assert recall == pytest.approx(chosen["recall@10"], abs=2e-3)
+    # chosen on half of the queries, reported on the other half: not flattered
+    held = rec["held_out"]
+    assert held["queries"] + rec["tuning_queries"] == rec["queries_used"] == 874
+    assert abs(held["recall@10"] - recall) < 0.03 and held["recall@10"] >= 0.88
     # re-ranking is what gets there: PQ codes alone stay well below at the same nprobe
     pq_only = [p for p in rec["sweep"] if p["candidates"] == 0 and
                p["nprobe"] == chosen["nprobe"]]

@@ -67,9 +67,14 @@ def test_no_neighbours_is_retrieval_disabled_and_stays_finite():
     none = model(idx)
     empty = model(idx, nb, torch.zeros_like(mask))
     assert torch.isfinite(none).all() and torch.equal(none, empty)
+    full = model(idx, nb, mask)
     partial = mask.clone()
-    partial[:, 2] = False  # one chunk without neighbours: finite, and its tokens differ
-    assert torch.isfinite(model(idx, nb, partial)).all()
+    partial[:, 2] = False  # chunk 2 without neighbours: finite, and only later tokens change
+    out = model(idx, nb, partial)
+    first = 3 * M - 1  # the first token that attends to chunk 2's neighbours
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[:, :first], full[:, :first])
+    assert not torch.allclose(out[:, first], full[:, first])
 
 
 def test_baseline_has_no_cca_and_presets_validate():
@@ -81,13 +86,23 @@ def test_baseline_has_no_cca_and_presets_validate():
         preset_config("huge", V, M)
 
 
+@torch.no_grad()
 def test_loss_ignores_padding_targets():
+    """The loss counts exactly the targets that are not -100, whatever the others are."""
+    import torch.nn.functional as F
+
     model = small_model()
     idx, nb, mask = inputs()
     t = idx.roll(-1, 1)
-    t[:, -1] = -100
-    t2 = t.clone()
-    t2[:, 10:] = -100
-    loss_all = model(idx, nb, mask, targets=t, reduction="sum")
-    loss_part = model(idx, nb, mask, targets=t2, reduction="sum")
-    assert loss_part < loss_all and torch.isfinite(loss_part)
+    t[:, 10:] = -100
+    logits = model(idx, nb, mask)
+    want = F.cross_entropy(logits[:, :10].reshape(-1, V), t[:, :10].reshape(-1),
+                           reduction="sum")
+    got = model(idx, nb, mask, targets=t, reduction="sum")
+    assert torch.allclose(got, want, rtol=1e-5)
+    mean = model(idx, nb, mask, targets=t)
+    assert torch.allclose(mean, want / (2 * 10), rtol=1e-5)
+    # the inputs after the last real target do not change the loss
+    idx2 = idx.clone()
+    idx2[:, 11:] = (idx2[:, 11:] + 1) % V
+    assert torch.allclose(model(idx2, nb, mask, targets=t, reduction="sum"), got)

@@ -113,3 +113,24 @@ def test_open_does_not_import_faiss_at_package_import():
             "print('faiss' in sys.modules, 'torch' in sys.modules, callable(f))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.stdout.split() == ["False", "False", "True"], p.stderr
+
+
+def test_two_corpora_each_query_finds_its_own(tmp_path, corpus, perl_corpus):
+    """The Python docs and Perl's docs in one database (chunk → embed → index →
+    query): a question about each language is answered from that language's docs."""
+    import retrodb
+    from retrodb.stages.chunk import ChunkConfig, chunk_corpus
+    from retrodb.stages.embed import EmbedConfig, embed_db
+    from retrodb.stages.index import IndexConfig, build_index
+
+    db = tmp_path / "db"
+    chunk_corpus(db, [str(corpus), str(perl_corpus)],
+                 ChunkConfig(split_size=120_000, root=str(corpus.parent)))
+    embed_db(db, EmbedConfig())
+    build_index(db, IndexConfig(factory="IVF16,PQ32x4", recall_queries=500))
+    r = retrodb.open(db)
+    perl = r.search("In Perl, how do I declare a hash and look up a value by key?", k=3)[0]
+    python = r.search("How do I define a class with a constructor in Python?", k=3)[0]
+    assert all(h.source.startswith("corpus-perl/") for h in perl), [h.source for h in perl]
+    assert all(h.source.startswith("corpus/") for h in python), [h.source for h in python]
+    assert any("%" in h.text for h in perl)  # Perl's hash sigil

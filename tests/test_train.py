@@ -154,6 +154,31 @@ def test_eval_reports_bpb_with_without_and_filtered_retrieval(db):
     assert set(base) >= {"no_retrieval"} and "retrieval" not in base
 
 
+def initial_weights(db, cfg) -> dict:
+    """The weights a run of `cfg` starts from (the trainer seeds torch, then builds)."""
+    from retrodb.core.db import Database
+    from retrodb.training.model import Retro, preset_config
+
+    dbc = Database(db).config()
+    torch.manual_seed(cfg.seed)
+    m = Retro(preset_config(cfg.preset, dbc["tokenizer"]["vocab_size"], dbc["chunk_size"],
+                            cfg.retrieval))
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def test_retrieval_weights_learn(db):
+    """Training a RETRO run moves every tensor of CCA and the encoder: gradients reach
+    them through the neighbours."""
+    from safetensors.torch import load_file
+
+    train(db, replace(TINY, run="learns", steps=3, eval_every=0, checkpoint_every=3))
+    got = load_file(str(db / "models/learns/checkpoints/step-000003/model.safetensors"))
+    init = initial_weights(db, TINY)
+    new = [k for k in got if k.startswith("encoder.") or ".cca." in k]
+    assert new and all(not torch.equal(got[k], init[k]) for k in new), \
+        [k for k in new if torch.equal(got[k], init[k])]
+
+
 def test_retrofit_trains_only_cca_and_encoder(db):
     from safetensors.torch import load_file
 
@@ -163,7 +188,11 @@ def test_retrofit_trains_only_cca_and_encoder(db):
     rf = load_file(str(db / "models/rf/checkpoints/step-000002/model.safetensors"))
     for k, v in base.items():
         assert torch.equal(rf[k], v), f"{k} of the frozen decoder changed"
-    assert any(k.startswith("encoder.") for k in rf)
+    # ... while every tensor of CCA and the encoder moved from its initial value
+    init = initial_weights(db, TINY)
+    new = [k for k in rf if k.startswith("encoder.") or ".cca." in k]
+    assert new and all(not torch.equal(rf[k], init[k]) for k in new), \
+        [k for k in new if torch.equal(rf[k], init[k])]
     with pytest.raises(RetrodbError, match="--retrofit"):
         train(db, replace(TINY, run="rf2", steps=1, retrofit="rf"))
 

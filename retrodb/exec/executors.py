@@ -36,6 +36,9 @@ class ExecutorSpec:
     ray_address: str | None = None  # --ray-address: None starts or joins a local Ray
     gpus: tuple[int, ...] | None = None  # --gpus: CUDA devices (one worker each)
     threads: int | None = None  # cores per worker; None = this machine's / workers
+    # "cpu": GPU workers compute on the CPU. Tests use it to run everything of --gpus
+    # that is not a kernel (a worker per device, batch sizes, fp16 autocast, failures).
+    gpu_backend: str = "cuda"
 
     def validate(self) -> None:
         if self.kind not in ("local", "ray"):
@@ -68,6 +71,8 @@ class ExecutorSpec:
             return ["ray:cuda" if self.gpus is not None else "ray:cpu"]
         if self.gpus is None:
             return ["cpu"] * self.workers
+        if self.gpu_backend == "cpu":
+            return ["cpu"] * len(self.gpus)
         import torch
 
         flag = f"--gpus {','.join(map(str, self.gpus))}"
@@ -90,9 +95,11 @@ class ExecutorSpec:
                                1 if self.gpus is not None else 0)
         devices = self.devices()
         threads = self.threads or max(1, cores() // len(devices))
+        gpu = self.gpus is not None
+        labels = [f"gpu{g}" for g in self.gpus] if gpu else _labels(devices)
         if len(devices) == 1:
-            return InProcessExecutor(devices[0], threads, on_event)
-        return ProcessExecutor(devices, threads, on_event)
+            return InProcessExecutor(devices[0], threads, on_event, gpu, labels[0])
+        return ProcessExecutor(devices, threads, on_event, gpu, labels)
 
 
 class _Done:
@@ -107,13 +114,13 @@ class InProcessExecutor:
 
     slots = window = 1  # one call at a time, recorded before the next starts
 
-    def __init__(self, device: str = "cpu", threads: int = 1, on_event: EventFn | None = None):
+    def __init__(self, device: str = "cpu", threads: int = 1, on_event: EventFn | None = None,
+                 gpu: bool = False, label: str = "cpu"):
         on_event = on_event or (lambda kind, label, payload: None)
         self._saved = W.env()
-        label = device if device != "cpu" else "cpu"
         W.set_env(WorkerEnv(device, threads, lambda n: on_event("progress", label, n),
                             lambda msg: on_event("note", label, msg), label,
-                            in_process=True))
+                            in_process=True, gpu=gpu))
         if device.startswith("cuda"):
             import torch
 
@@ -150,18 +157,18 @@ class ProcessExecutor:
     """A pool of spawned worker processes (safe with threaded libraries), each with its
     own device from `devices` and `threads` cores; they die with their parent."""
 
-    def __init__(self, devices: list[str], threads: int, on_event: EventFn):
+    def __init__(self, devices: list[str], threads: int, on_event: EventFn, gpu: bool,
+                 labels: list[str]):
         ctx = mp.get_context("spawn")
         self.slots = len(devices)
         self.window = 2 * self.slots  # a task queued behind each running one
         self.events = ctx.Queue()
         device_q = ctx.Queue()
-        labels = _labels(devices)
         for label, device in zip(labels, devices):
             device_q.put((label, device))
         self.pool = ProcessPoolExecutor(len(devices), mp_context=ctx,
                                         initializer=_process_init,
-                                        initargs=(device_q, threads, self.events))
+                                        initargs=(device_q, threads, self.events, gpu))
         self.on_event = on_event
         self.drainer = threading.Thread(target=self._drain, name="retrodb-events",
                                         daemon=True)
@@ -211,12 +218,12 @@ def _labels(devices: list[str]) -> list[str]:
     return list(devices)
 
 
-def _process_init(device_q, threads: int, events) -> None:
+def _process_init(device_q, threads: int, events, gpu: bool) -> None:
     """A pool worker: die with the parent, take a device, set up the environment."""
     _die_with_parent()
     label, device = device_q.get(timeout=120)
     W.set_env(WorkerEnv(device, threads, lambda n: events.put(("progress", label, n)),
-                        lambda msg: events.put(("note", label, msg)), label))
+                        lambda msg: events.put(("note", label, msg)), label, gpu=gpu))
     if device.startswith("cuda"):
         import torch
 
@@ -259,7 +266,8 @@ class RayExecutor:
         per = "GPU" if num_gpus else "CPU"
         self.slots = max(1, int(total.get(per, 1) // max(num_gpus or num_cpus, 1)))
         self.window = 2 * self.slots
-        env = {"device": "cuda:0" if num_gpus else "cpu", "threads": int(num_cpus)}
+        env = {"device": "cuda:0" if num_gpus else "cpu", "threads": int(num_cpus),
+               "gpu": bool(num_gpus)}
         self.tag = uuid.uuid4().hex
         self.remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus,
                                  max_retries=max_retries, retry_exceptions=False)(_ray_call)
@@ -293,5 +301,6 @@ def _ray_call(env: dict, fn: Callable, *args) -> Any:
     import os
 
     if W.env().label != f"ray-{os.getpid()}":
-        W.set_env(WorkerEnv(env["device"], env["threads"], label=f"ray-{os.getpid()}"))
+        W.set_env(WorkerEnv(env["device"], env["threads"], label=f"ray-{os.getpid()}",
+                            gpu=env["gpu"]))
     return fn(*args)

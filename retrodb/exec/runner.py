@@ -31,6 +31,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.errors import RetrodbError
 from ..core.faults import point
 from ..core.manifest import Manifest, entry_records
 from ..core.progress import NoteFn, Progress, ProgressFn
@@ -155,6 +156,8 @@ def run_stage(stage, spec: ExecutorSpec, on_progress: ProgressFn | None = None,
 
 def _execute(stage, spec: ExecutorSpec, m: Manifest, tasks: list[Task], todo: list[Task],
              rep: RunReport, on_progress, on_note) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
     prog = _Progress(stage, todo, on_progress, on_note)
     prog._emit()
     token = uuid.uuid4().hex
@@ -164,6 +167,10 @@ def _execute(stage, spec: ExecutorSpec, m: Manifest, tasks: list[Task], todo: li
                 _run_ordered(stage, ex, token, m, tasks, todo, prog, rep)
             else:
                 _run_unordered(stage, ex, token, m, todo, prog, rep)
+    except BrokenProcessPool:
+        raise RetrodbError(f"{stage.out}: a worker process died (killed, out of memory, or "
+                           "its device was lost); the shards it finished are kept: rerun "
+                           "the same command to resume") from None
     finally:
         W.close_run(token)  # the in-process worker's model or index
 

@@ -53,6 +53,7 @@ class WorkerEnv:
     label: str = "worker"  # how progress and notes name this worker
     # the coordinator's own process (one worker): leave its library thread settings
     in_process: bool = False
+    gpu: bool = False  # a GPU worker (with `device` "cpu" only in tests of the GPU path)
 
 
 class ShardWorker(Protocol):

@@ -268,15 +268,31 @@ def _step(s: Session, step: int, autocast) -> dict:
     rows = batch_rows(len(s.data), cfg.seed, step, cfg.batch_size)[s.rank::s.world]
     b = s.data.batch(rows)
     s.model.train()
+    # the mean over the tokens of the global batch, whatever each rank holds: a DDP run
+    # of W ranks takes the same step as one process with the whole batch
+    n = _global_sum(float((b.targets != -100).sum()), s.world)
     with autocast:
-        loss = s.fwd(**to_torch(b, s.device))
+        loss_sum = s.fwd(**to_torch(b, s.device), reduction="sum")
     s.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss_sum * (s.world / max(n, 1.0))).backward()  # DDP averages over the W ranks
     gnorm = torch.nn.utils.clip_grad_norm_(
         [p for p in s.model.parameters() if p.requires_grad], cfg.grad_clip)
     s.opt.step()
-    return {"step": step, "loss": float(loss.detach()), "lr": lr,
-            "grad_norm": float(gnorm), "tokens": int((b.targets != -100).sum()) * s.world}
+    loss = _global_sum(float(loss_sum.detach()), s.world) / max(n, 1.0)
+    return {"step": step, "loss": loss, "lr": lr, "grad_norm": float(gnorm),
+            "tokens": int(n)}
+
+
+def _global_sum(x: float, world: int) -> float:
+    """`x` summed over the ranks (itself in one process)."""
+    if world == 1:
+        return x
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0])
 
 
 def _distributed() -> tuple[int, int]:

@@ -224,11 +224,14 @@ class ChunkWorker:
         if got is not None and got[2].get("split_id") == task.source["split_id"]:
             return got[2]  # counted by an interrupted run
         schema = local_schema(self.dtype, self.stage.chunk_size)
+        cpu = time.process_time()
         with docs.writing() as docs_tmp, rows.writing() as rows_tmp:  # docs last
-            meta = self._tokenise(task, SpillWriter(rows_tmp, docs_tmp, schema))
+            meta = self._tokenise(task, SpillWriter(rows_tmp, docs_tmp, schema),
+                                  cpu_s=lambda: time.process_time() - cpu)
         return meta
 
     def run(self, task: Task, out) -> dict:
+        cpu = time.process_time()
         st, offs = self.stage, task.offsets
         bases = line_bases(task.source, offs)
         writer = ShardWriter(out.main(), out.extra(st.db.docs / shard_name(task.shard,
@@ -241,9 +244,10 @@ class ChunkWorker:
             batches, local_docs, meta = got
             for b in batches:
                 writer.write(b)
+            meta["cpu_s"] = round(meta.get("cpu_s", 0) + time.process_time() - cpu, 3)
             stats = writer.close(local_docs, **meta)
         else:
-            stats = self._tokenise(task, writer)
+            stats = self._tokenise(task, writer, cpu_s=lambda: time.process_time() - cpu)
         rows.remove()
         docs.remove()
         split = {"pieces": task.source["pieces"], "line_base": bases,
@@ -251,7 +255,9 @@ class ChunkWorker:
         return {**stats, "first_id": offs["first_id"], "first_doc_id": offs["first_doc"],
                 "split": split, "made_with": task.source["made_with"]}
 
-    def _tokenise(self, task: Task, target) -> dict:
+    def _tokenise(self, task: Task, target, cpu_s) -> dict:
+        """Read and tokenise the split's pieces into `target`; its counts (and the CPU
+        seconds this worker spent on it, `cpu_s`)."""
         made = task.source["made_with"]
         opts = ReaderOptions(**made["reader"])
         readers = []
@@ -277,6 +283,7 @@ class ChunkWorker:
             self.env.report(done - reported)
             reported = done
         return buf.close(tokens=buf.tokens, split_id=task.source["split_id"],
+                         cpu_s=round(cpu_s(), 3),
                          newlines=[r.newlines for r in readers],
                          empty_docs=asm.empty_docs,
                          decode_errors=sum(r.stats.decode_errors for r in readers),

@@ -52,7 +52,8 @@ def embed_shard(chunks: Loc, out: Path, embedder: Embedder, *, first_id: int, ro
     halvings = embedder.oom_halvings
     dim = embedder.spec["dim"]
     stats = {"rows": rows, "dim": dim, "dtype": "float16", "tokens": 0, "padded_tokens": 0,
-             "retokenized": 0, "truncated": 0}
+             "retokenized": 0, "truncated": 0, "batch_size": batch_size,
+             "precision": embedder.precision}
     if rows == 0:
         np.save(out, np.zeros((0, dim), dtype=np.float16))
         return stats

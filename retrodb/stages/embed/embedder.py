@@ -51,7 +51,7 @@ class Embedder:
     """
 
     def __init__(self, spec: dict, device: str = "cpu", precision: str = "auto",
-                 on_note: Callable[[str], None] | None = None):
+                 on_note: Callable[[str], None] | None = None, gpu: bool | None = None):
         import torch
         from tokenizers import Tokenizer
 
@@ -78,9 +78,12 @@ class Embedder:
             raise RetrodbError(f"{flag}: max_seq_length {self.max_len} leaves no room for "
                                "text after the special tokens")
 
-        if self.device.type == "cuda":
+        # the GPU path (`gpu`: a CUDA device, or the CPU standing in for one in tests):
+        # autocast, fp16 by default (its 10-bit mantissa is closer to fp32 than bf16's)
+        self.gpu = self.device.type == "cuda" if gpu is None else gpu
+        if self.gpu:
             if precision == "auto":
-                precision = "fp16"  # 10-bit mantissa: closer to fp32 than bf16
+                precision = "fp16"
             self.autocast = {"fp16": torch.float16, "bf16": torch.bfloat16,
                              "fp32": None}[precision]
         else:
@@ -91,7 +94,7 @@ class Embedder:
             raise RetrodbError(f"{flag}: hidden size {model.config.hidden_size} differs from "
                                f"the pooling dimension {spec['dim']}")
         model = model.float().eval().requires_grad_(False)  # fp32 master weights
-        self.onednn_layers = onednn_linear(model) if self.device.type == "cpu" else 0
+        self.onednn_layers = onednn_linear(model) if not self.gpu else 0
         self.model = model.to(self.device)
         self.batch_size: int | None = None  # lowered for good after an out-of-memory
         self.oom_halvings = 0

@@ -57,11 +57,12 @@ class EmbedConfig:
     threads: int | None = None
     executor: str = "local"  # --executor: local processes, or Ray tasks
     ray_address: str | None = None  # --ray-address
+    gpu_backend: str = "cuda"  # "cpu": the GPU path computed on the CPU (tests)
 
     @property
     def executor_spec(self) -> ExecutorSpec:
         return ExecutorSpec(self.executor, self.workers, self.ray_address, self.gpus,
-                            self.threads)
+                            self.threads, self.gpu_backend)
 
     def validate(self) -> None:
         if self.batch_size is not None and self.batch_size <= 0:
@@ -76,8 +77,8 @@ class EmbedConfig:
             raise RetrodbError("EmbedConfig: window and prefetch must be positive")
 
 
-def default_batch_size(device: str) -> int:
-    return 1024 if device.startswith("cuda") else 64
+def default_batch_size(gpu: bool) -> int:
+    return 1024 if gpu else 64
 
 
 @dataclass
@@ -143,7 +144,7 @@ class EmbedWorker:
         import torch
 
         self.stage, self.env = stage, env
-        self.cpu = env.device == "cpu"
+        self.cpu = not env.gpu
         self.threads_before = torch.get_num_threads()
         torch.set_num_threads(1 if self.cpu else env.threads)  # CPU: one thread per lane
         self.embedder: Embedder | None = None
@@ -153,13 +154,13 @@ class EmbedWorker:
         cfg, env = self.stage.cfg, self.env
         if self.embedder is None:
             self.embedder = Embedder(self.stage.spec, env.device, cfg.precision,
-                                     on_note=env.note)
+                                     on_note=env.note, gpu=env.gpu)
             self.continuation = continuation_table(self.embedder.tokenizer_json) \
                 if self.stage.reuse_ids else None
         src = task.source
         stats = embed_shard(self.stage.db.chunks / src["file"], out.main(), self.embedder,
                             first_id=src["first_id"], rows=src["rows"],
-                            batch_size=cfg.batch_size or default_batch_size(env.device),
+                            batch_size=cfg.batch_size or default_batch_size(env.gpu),
                             window=cfg.window, prefetch=cfg.prefetch,
                             lanes=env.threads if self.cpu else 1,
                             continuation=self.continuation, on_chunks=env.report)
