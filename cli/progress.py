@@ -75,7 +75,8 @@ class Reporter:
     def update(self, p) -> None:
         with self.lock:
             st = self.steps.get(p.step)
-            if st is None:
+            first = st is None
+            if first:
                 st = self.steps[p.step] = _Step(p)
             st.p = p
             done = p.total is not None and p.done >= p.total
@@ -83,6 +84,8 @@ class Reporter:
                 self._rich_update(p.step, st)
             elif done and not st.finished:
                 st.finished = True
+                self._line(p.step, st)
+            elif first and p.done:  # a step under way: say so at once
                 self._line(p.step, st)
 
     def _heartbeat(self) -> None:

@@ -30,9 +30,9 @@ def full_db(indexed_db, tmp_path_factory) -> Path:
     from retrodb.training.train import TrainConfig, train
 
     db = copy_db(indexed_db, tmp_path_factory.mktemp("bad") / "db")
-    build_neighbours(db, NeighboursConfig(k=2))
+    build_neighbours(db, NeighboursConfig(k=2, val_fraction=0.3))
     train(db, TrainConfig(run="t", preset="tiny", steps=2, seq_chunks=2, batch_size=2,
-                          eval_every=0, eval_sequences=1, warmup=1))
+                          eval_every=0, eval_sequences=1, warmup=1, val_fraction=0.3))
     return db
 
 
@@ -151,10 +151,98 @@ def neighbours_k_too_large(tmp: Path, db: Path):
                                                                          "only 874"]
 
 
+# --- text that is not UTF-8, nonsense values, a file where a database should be -------
+
+def query_not_utf8(tmp: Path, db: Path):
+    return ["query", str(db), b"caf\xe9 au lait"], ["the query", "not valid UTF-8"]
+
+
+def prompt_not_utf8(tmp: Path, db: Path):
+    return ["generate", b"\xff\xfe some text", "--db", str(db), "--run", "t"], [
+        "PROMPT", "not valid UTF-8"]
+
+
+def input_name_not_utf8(tmp: Path, db: Path):
+    d = tmp / "in"
+    d.mkdir()
+    (d / os.fsdecode(b"bad\xff.txt")).write_text("some text\n")
+    return ["chunk", str(d), "--db", str(db)], ["bad", "file name is not valid UTF-8"]
+
+
+def plan_negative_chunk_size(tmp: Path, db: Path):
+    return ["plan", "--tokens", "2e12", "--chunk-size", "-64"], ["--chunk-size -64"]
+
+
+def plan_tokens_nan(tmp: Path, db: Path):
+    return ["plan", "--tokens", "nan"], ["--tokens nan", "positive number"]
+
+
+def plan_tokens_inf(tmp: Path, db: Path):
+    return ["plan", "--tokens", "inf"], ["--tokens inf", "positive number"]
+
+
+def query_nprobe_zero(tmp: Path, db: Path):
+    return ["query", str(db), "classes", "--nprobe", "0"], ["--nprobe 0"]
+
+
+def eval_overlap_out_of_range(tmp: Path, db: Path):
+    return ["eval", "--db", str(db), "--run", "t", "--exclude-overlap", "7"], [
+        "--exclude-overlap 7", "[0, 1]"]
+
+
+def generate_negative_tokens(tmp: Path, db: Path):
+    return ["generate", "text", "--db", str(db), "--run", "t", "--max-tokens", "-5"], [
+        "--max-tokens -5"]
+
+
+def generate_k_zero(tmp: Path, db: Path):
+    return ["generate", "text", "--db", str(db), "--run", "t", "-k", "0"], ["-k 0"]
+
+
+def db_is_a_file(tmp: Path, db: Path):
+    f = tmp / "notes.txt"
+    f.write_text("not a database\n")
+    return ["chunk", str(TEXT), "--db", str(f)], ["notes.txt", "a file, not a directory"]
+
+
+def info_of_a_file(tmp: Path, db: Path):
+    f = tmp / "notes.txt"
+    f.write_text("not a database\n")
+    return ["info", str(f)], ["notes.txt", "a file, not a retrodb database"]
+
+
+def gpus_negative(tmp: Path, db: Path):
+    return ["embed", "--db", str(db), "--gpus", "-1"], ["--gpus -1",
+                                                        "device numbers start at 0"]
+
+
+# --- a damaged shard read by a query or an evaluation ---------------------------------
+
+def truncated_docs_shard(tmp: Path, db: Path):
+    import json
+
+    p = db / "docs" / "00000.parquet"
+    p.write_bytes(p.read_bytes()[:-30])
+    first = json.loads((db / "chunks" / "manifest.json").read_text())["shards"][0]
+    text = pq.read_table(db / "chunks" / first["file"]).column("text")[5].as_py()
+    return ["query", str(db), text, "-k", "1"], ["docs/00000.parquet", "truncated"]
+
+
+def truncated_neighbour_shards(tmp: Path, db: Path):
+    for p in (db / "neighbours" / "train").glob("0*.parquet"):
+        p.write_bytes(p.read_bytes()[:-30])
+    return ["eval", "--db", str(db), "--run", "t"], ["neighbours/train/0",
+                                                     "cannot read"]
+
+
 CASES = [truncated_gz, truncated_zst, binary_file, mixed_encodings, jsonl_line_of_100_mb,
          empty_file, parquet_wrong_column_type, deleted_chunk_shard, edited_manifest,
          manifest_escaping_the_db, truncated_npy, corrupted_index,
-         checkpoint_from_another_preset, query_empty_text, neighbours_k_too_large]
+         checkpoint_from_another_preset, query_empty_text, neighbours_k_too_large,
+         query_not_utf8, prompt_not_utf8, input_name_not_utf8, plan_negative_chunk_size,
+         plan_tokens_nan, plan_tokens_inf, query_nprobe_zero, eval_overlap_out_of_range,
+         generate_negative_tokens, generate_k_zero, db_is_a_file, info_of_a_file,
+         gpus_negative, truncated_docs_shard, truncated_neighbour_shards]
 
 
 def snapshot(db: Path) -> dict[str, bytes]:

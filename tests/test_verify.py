@@ -126,13 +126,25 @@ def test_verify_finds_damaged_index_files(indexed_db, tmp_path):
     assert any(lists.name in x and "changed since it was written" in x for x in errors)
 
 
-def test_readers_never_see_a_half_written_file(tmp_path, corpus):
-    """While a run writes shards (two workers), everything under a final name is
-    complete: every Parquet shard reads whole and the manifest always parses."""
+def test_readers_never_see_a_half_written_file(tmp_path, corpus, monkeypatch):
+    """While a run writes shards, everything under a final name is complete: every
+    Parquet shard reads whole and the manifest always parses. (Writing is slowed down,
+    one row group of 32 rows at a time, so that a reader would catch a half-written
+    shard if one ever had its final name.)"""
     import threading
+    import time
 
     import pyarrow.parquet as pq
 
+    from retrodb.stages.chunk.shards import ShardWriter
+
+    real = ShardWriter.write
+
+    def slow(self, batch):
+        time.sleep(0.01)
+        return real(self, batch)
+
+    monkeypatch.setattr(ShardWriter, "write", slow)
     db = tmp_path / "db"
     seen, problems, stop = set(), [], threading.Event()
 
@@ -158,7 +170,7 @@ def test_readers_never_see_a_half_written_file(tmp_path, corpus):
     t = threading.Thread(target=watch)
     t.start()
     try:
-        chunk_corpus(db, [str(corpus)], ChunkConfig(split_size=10_000, workers=2))
+        chunk_corpus(db, [str(corpus)], ChunkConfig(split_size=10_000, row_group_rows=32))
     finally:
         stop.set()
         t.join()

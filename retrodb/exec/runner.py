@@ -52,9 +52,10 @@ class RunReport:
     seconds: float = 0.0
 
 
-def pending(m: Manifest, tasks: list[Task], check: str = "quick"
-            ) -> tuple[list[Task], int]:
-    """Tasks whose shard is not current; and how many of them had an entry."""
+def pending(m: Manifest, tasks: list[Task], check: str = "quick",
+            valid=None) -> tuple[list[Task], int]:
+    """Tasks whose shard is not current; and how many of them had an entry. `valid`
+    (the stage's, optional) looks inside a file for what its entry cannot show."""
     stats = m.listing()
     todo, redo = [], 0
     for t in tasks:
@@ -62,7 +63,7 @@ def pending(m: Manifest, tasks: list[Task], check: str = "quick"
         if e is None:
             todo.append(t)
         elif any(e.get(k) != v for k, v in t.identity.items()) or \
-                m.bad_files(e, check, stats):
+                m.bad_files(e, check, stats) or (valid is not None and not valid(e)):
             todo.append(t)
             redo += 1
     return todo, redo
@@ -133,7 +134,7 @@ def run_stage(stage, spec: ExecutorSpec, on_progress: ProgressFn | None = None,
         rep.tasks = len(tasks)
         if prune:
             rep.dropped = drop_orphans(m, tasks)
-        todo, rep.redone = pending(m, tasks, check)
+        todo, rep.redone = pending(m, tasks, check, getattr(stage, "valid", None))
         rep.skipped = len(tasks) - len(todo)
         try:
             if todo:

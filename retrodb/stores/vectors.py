@@ -71,12 +71,13 @@ class EmbeddingStore:
                 raise RetrodbError(f"{m.path_of(e['file'])}: shape {a.shape}, manifest "
                                    f"says {e['rows']} rows; rerun `retrodb embed`")
             dims.setdefault(a.shape[1], e["file"])
+        spec = self.config.get("embedder") or {}
         if len(dims) > 1:
             desc = ", ".join(f"{d} ({f})" for d, f in dims.items())
             raise RetrodbError(f"{db.embeddings}: shards have different dimensions: "
-                               f"{desc}; re-embed with one model")
+                               f"{desc}, the embedder's is {spec.get('dim')}; rerun "
+                               f"`retrodb embed --db {db.root}` to recompute the others")
         self.dim = next(iter(dims))
-        spec = self.config.get("embedder") or {}
         if spec.get("dim") not in (None, self.dim):
             raise RetrodbError(f"{db.config_file}: embedder dim {spec['dim']}, the "
                                f"embedding shards have {self.dim}; rerun `retrodb embed`")

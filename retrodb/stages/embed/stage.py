@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ...core.db import Database
 from ...core.errors import RetrodbError
 from ...core.manifest import Manifest, entry_files, require_files
@@ -135,6 +137,19 @@ class EmbedStage:
 
     def open_worker(self, env: WorkerEnv) -> "EmbedWorker":
         return EmbedWorker(self, env)
+
+    def valid(self, entry: dict) -> bool:
+        """A key shard holds (rows, dim) float16 of this model: its header says so."""
+        loc = self.out / entry["file"]
+        try:
+            with loc.open() as f:
+                fmt = np.lib.format
+                read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else \
+                    fmt.read_array_header_2_0
+                shape, _, dtype = read(f)
+        except (OSError, ValueError):
+            return False
+        return shape == (entry["rows"], self.spec["dim"]) and dtype == np.float16
 
 
 class EmbedWorker:
