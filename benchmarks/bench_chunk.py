@@ -164,6 +164,7 @@ def report(res: Result, runs: dict, ray: list[dict], corp_sizes, args) -> None:
     per_split = sorted(x["coordinator_cpu"] / x["shards"] for x in w2)[len(w2) // 2]
     splits_per_g = 1e9 / (w2[0]["tokens"] / shards) * args.split_size / (256 << 20)
     res.facts.update(
+        worker_tokens_per_cpu_s=worker_tps,
         tokens=w2[0]["tokens"], shards=shards, split_mb=args.split_size / 2 ** 20,
         coord_per_g=coord_per_g, coord_per_split=per_split,
         coord_at_scale=per_split * splits_per_g,

@@ -171,6 +171,7 @@ def record(res: Result, runs: dict, kept: dict, one, flops, params, peaks, n) ->
     best = max(peaks.values())
     med = sorted(runs["w1"])[len(runs["w1"]) // 2]
     res.facts.update(chunks=n, tokens_per_chunk=one.tokens / one.chunks,
+                     chunks_per_core_s=med / len(os.sched_getaffinity(0)),
                      cos_min=float(cos.min()), cos_mean=float(cos.mean()),
                      params_m=params / 1e6, gflop_per_chunk=flops / 1e9,
                      peak_gflops=best / 1e9, limit=best / flops,

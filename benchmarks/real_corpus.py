@@ -4,8 +4,8 @@ Sources, all real text installable without root:
   - Debian documentation packages (`apt-get download` + `dpkg -x`): the Linux kernel
     docs (linux-doc-6.1, reStructuredText), Perl's (perl-doc, POD), Python's
     (python3.11-doc, the .rst.txt sources) and Sphinx's (sphinx-doc);
-  - the Python source files of the packages installed in this environment (real code
-    and docstrings; deterministic order).
+  - the Python source files of the packages installed in this environment and of the
+    standard library (real code and docstrings; deterministic order).
 
 Written as JSONL files of about 64 MB ({"text": ..., "source": ...} per document), so
 the chunk stage cuts them into byte ranges; `--max-mb` caps the total.
@@ -46,9 +46,11 @@ def documents(root: Path):
         if p.is_file() and p.name.endswith(DOC_SUFFIXES) and "changelog" not in p.name:
             raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
             yield "debian/" + str(p.relative_to(root)), raw.decode("utf-8", "replace")
-    for sp in sorted(site.getsitepackages()):
+    import sysconfig
+
+    for sp in sorted(site.getsitepackages()) + [sysconfig.get_paths()["stdlib"]]:
         for p in sorted(Path(sp).rglob("*.py")):
-            if p.is_file():
+            if p.is_file() and "site-packages" not in p.relative_to(sp).parts:
                 yield "python/" + str(p.relative_to(sp)), p.read_text("utf-8", "replace")
 
 

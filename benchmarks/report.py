@@ -129,6 +129,45 @@ def render(results: list[dict]) -> str:
     return text
 
 
+RATES = ROOT / "retrodb" / "ops" / "rates.json"
+
+
+def rates(results: list[dict]) -> dict:
+    """The per-device rates `retrodb plan` divides by, taken from the results."""
+    out: dict = {}
+    by = {r["benchmark"]: r for r in results}
+
+    def put(name: str, value, bench: str, what: str) -> None:
+        r = by[bench]
+        out[name] = {"value": value, "source": f"measured: {what}, benchmarks/results/"
+                     f"{bench}.json ({r['machine']['cpu']}, commit {r['commit'][:10]})"}
+
+    if "chunk" in by:
+        f = by["chunk"]["facts"]
+        put("chunk_tokens_per_cpu_s", f["worker_tokens_per_cpu_s"], "chunk",
+            "tokens per worker CPU-second in its tasks")
+        put("chunk_coordinator_s_per_shard", f["coord_per_split"], "chunk",
+            "coordinator CPU-seconds per split")
+    if "embed" in by:
+        f = by["embed"]["facts"]
+        put("embed_chunks_per_cpu_s", f["chunks_per_core_s"], "embed",
+            "chunks/s of one worker, per core")
+    for bench, key, fact, what in (
+            ("search", "add_vectors_per_cpu_s", "add_vectors_per_core_s",
+             "vectors added per core-second"),
+            ("search", "kmeans_core_s_per_unit", "kmeans_core_s_per_unit",
+             "k-means core-seconds per vector × list × dimension"),
+            ("neighbours", "search_queries_per_cpu_s", "queries_per_core_s",
+             "filtered neighbour queries per core-second")):
+        if bench in by and fact in by[bench]["facts"]:
+            put(key, by[bench]["facts"][fact], bench, what)
+    return out
+
+
+def rates_text(results: list[dict]) -> str:
+    return json.dumps(rates(results), indent=1) + "\n"
+
+
 def stale(r: dict) -> str | None:
     """Why a result no longer measures the current code (None if it does)."""
     script = f"benchmarks/{r['command'].split()[1].split('/')[-1]}"
@@ -149,6 +188,11 @@ def check(results: list[dict]) -> list[str]:
     problems = []
     if not OUT.exists() or OUT.read_text() != render(results):
         problems.append("BENCHMARKS.md differs from what the results render: run "
+                        "`python benchmarks/report.py`")
+    want = rates_text(results)
+    if (RATES.read_text() if RATES.exists() else "{}\n") != want and \
+            (RATES.exists() or want != "{}\n"):
+        problems.append("retrodb/ops/rates.json differs from the results' rates: run "
                         "`python benchmarks/report.py`")
     for r in results:
         if r["dirty"]:
@@ -171,7 +215,8 @@ def main() -> None:
             print(f"benchmarks: {p}", file=sys.stderr)
         sys.exit(1 if problems else 0)
     OUT.write_text(render(results))
-    print(f"wrote BENCHMARKS.md ({', '.join(r['benchmark'] for r in results)})",
+    RATES.write_text(rates_text(results))
+    print(f"wrote BENCHMARKS.md, retrodb/ops/rates.json ({', '.join(r['benchmark'] for r in results)})",
           file=sys.stderr)
 
 

@@ -169,3 +169,25 @@ def test_truncated_zstd(tmp_path, corpus_files):
     with pytest.raises(RetrodbError, match=r"a\.txt\.zst: cannot read .*truncated or corrupt"):
         _run(tmp_path / "db", [tmp_path / "a.txt.zst"])
     _unchanged(tmp_path / "db")
+
+
+def test_input_changed_between_planning_and_reading(tmp_path, corpus_files, monkeypatch):
+    """A split whose input changed size after the plan was made: one line naming the
+    file, and nothing of the run is kept."""
+    from retrodb.stages.chunk.stage import ChunkStage
+
+    f = tmp_path / "doc.txt"
+    f.write_text(corpus_files[0].read_text(encoding="utf-8"), encoding="utf-8")
+    real = ChunkStage.tasks
+
+    def plan_then_change(self, m):
+        tasks = real(self, m)
+        with open(f, "a", encoding="utf-8") as out:
+            out.write("appended while the run was starting\n")
+        return tasks
+
+    monkeypatch.setattr(ChunkStage, "tasks", plan_then_change)
+    with pytest.raises(RetrodbError, match=r"doc\.txt: \d+ bytes now, \d+ when this run "
+                                           r"was planned"):
+        _run(tmp_path / "db", [f])
+    assert not (tmp_path / "db").exists()

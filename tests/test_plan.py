@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from retrodb.core.errors import RetrodbError
-from retrodb.ops.plan import PlanConfig, Rates, parse_factory, plan
+from retrodb.ops.plan import PlanConfig, load_rates, parse_factory, plan
 
 
 def test_plan_for_the_paper_scale():
-    p = plan(PlanConfig(tokens=2e12, gpus=64, cpus=512))
+    rates = load_rates()
+    p = plan(PlanConfig(tokens=2e12, gpus=64, cpus=512), rates)
     assert p["chunks"] == pytest.approx(3.125e10)
     by = {s["stage"]: s for s in p["stages"]}
     assert by["embed"]["bytes"] == pytest.approx(3.125e10 * 384 * 2)  # float16 keys
     assert by["index add"]["bytes"] == pytest.approx(3.125e10 * (64 + 8))  # PQ64 + id
-    assert by["chunk"]["hours"] == pytest.approx(2e12 / (Rates().chunk_tokens_per_cpu * 512)
-                                                 / 3600)
+    tps = rates["chunk_tokens_per_cpu_s"]["value"]
+    assert by["chunk"]["device_hours"] == pytest.approx(2e12 / tps / 3600)
+    assert by["chunk"]["hours"] == pytest.approx(2e12 / tps / 3600 / 512)
+    # machines to finish in a day: device-hours / 24 / cores per machine, rounded up
+    assert by["chunk"]["machines_in_a_day"] == -(-by["chunk"]["device_hours"] // (24 * 64))
+    # one coordinator keeps up with (worker seconds per shard / its seconds per shard)
+    coord = rates["chunk_coordinator_s_per_shard"]["value"]
+    per_shard = 2e12 / p["shards"] / tps
+    assert by["chunk"]["coordinator_limit_devices"] == pytest.approx(per_shard / coord)
     # twice the hardware halves the time of every parallel stage
-    q = plan(PlanConfig(tokens=2e12, gpus=128, cpus=1024))
+    q = plan(PlanConfig(tokens=2e12, gpus=128, cpus=1024), rates)
     for a, b in zip(p["stages"], q["stages"]):
         assert b["hours"] == pytest.approx(a["hours"] / 2)
     assert p["total_bytes"] == pytest.approx(sum(s["bytes"] for s in p["stages"]))
+
+
+def test_rates_come_from_the_benchmark_results_when_measured(tmp_path):
+    f = tmp_path / "rates.json"
+    f.write_text(json.dumps({"chunk_tokens_per_cpu_s": {"value": 2e6, "source": "x"}}))
+    r = load_rates(f)
+    assert r["chunk_tokens_per_cpu_s"] == {"value": 2e6, "source": "x"}
+    assert r["embed_chunks_per_gpu_s"]["source"].startswith("estimate")
 
 
 def test_factory_parsing_and_errors():

@@ -1,53 +1,49 @@
-"""Capacity planning: bytes and hours per stage for a corpus size on given hardware.
+"""Capacity planning: bytes, device-hours and machines per stage for a corpus size.
 
-The arithmetic is deliberately simple and printed in full: every rate is a per-device
-throughput, either measured by a benchmark on a named machine (BENCHMARKS.md) or
-estimated from FLOPs (and then labelled so). `calibrate()` re-measures the CPU rates
-on the current machine.
+The arithmetic is simple and printed in full. Every rate is a per-device throughput:
+measured by a benchmark (`rates.json` beside this module is written by
+`benchmarks/report.py` from the result files, with the machine and commit it came
+from) or an estimate from FLOPs, labelled so. The coordinator of a stage (one process)
+only plans, hands out and records shards; its measured CPU per shard says how many
+workers it can feed before it becomes the limit.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..core.errors import RetrodbError
 
+RATES_FILE = Path(__file__).with_name("rates.json")
 
-@dataclass(frozen=True)
-class Rates:
-    """Per-device throughputs the plan divides by; `source` says where each came from."""
+# (value, source) used where rates.json has no measurement
+DEFAULTS: dict[str, tuple[float, str]] = {
+    "chunk_tokens_per_cpu_s": (1.0e6, "estimate: one tokenizer thread"),
+    "chunk_coordinator_s_per_shard": (0.05, "estimate"),
+    "chunk_bytes_per_chunk": (131, "measured on the Python docs (format 1)"),
+    "embed_chunks_per_cpu_s": (100, "estimate: MiniLM-L6 fp32, one core"),
+    "embed_chunks_per_gpu_s": (2e5, "estimate from FLOPs: 30% of an H100's bf16 peak"),
+    "add_vectors_per_cpu_s": (2e4, "estimate"),
+    "kmeans_core_s_per_unit": (170 * 2 / (200_000 * 4096 * 384),
+                               "measured: 4096 lists on 200k × 384-d in 170 s, 2 cores"),
+    "gpu_core_equivalents": (200, "estimate: faiss GPU k-means vs one core"),
+    "search_queries_per_cpu_s": (500, "estimate"),
+}
 
-    # chunk: tokens/s per CPU worker (benchmarks/bench_chunk.py, 2 workers on 2 cores)
-    chunk_tokens_per_cpu: float = 900_000
-    # bytes on disk per chunk of the chunk shard (zstd tokens + text) + its docs row
-    chunk_bytes_per_chunk: float = 131
-    # embed: 64-token chunks/s per CPU core (MiniLM-L6 fp32; BENCHMARKS.md: ~144/s on 2 cores)
-    embed_chunks_per_cpu: float = 72
-    # embed on one GPU: FLOP estimate, 1.4 GFLOP per 66-token chunk at 30% of 990 TFLOP/s
-    embed_chunks_per_gpu: float = 200_000
-    # index add: vectors/s per CPU core (BENCHMARKS.md: 30-60k/s on 2 cores)
-    add_vectors_per_cpu: float = 20_000
-    # k-means: core-seconds per (training vector x centroid x dim) (BENCHMARKS.md: 4096
-    # centroids on 200k x 384-d took 170 s on 2 cores)
-    kmeans_core_s_per_unit: float = 170 * 2 / (200_000 * 4096 * 384)
-    # one GPU runs k-means like this many CPU cores (estimate: faiss GPU k-means)
-    gpu_core_equivalents: float = 200
-    # neighbours: queries/s per CPU core at the chosen nprobe, re-ranked (estimate)
-    search_queries_per_cpu: float = 500
-    source: dict[str, str] = field(default_factory=lambda: {
-        "chunk_tokens_per_cpu": "measured, BENCHMARKS.md (chunk), 2-core x86_64",
-        "chunk_bytes_per_chunk": "measured on the example corpus (Python docs)",
-        "embed_chunks_per_cpu": "measured, BENCHMARKS.md, 2-core x86_64",
-        "embed_chunks_per_gpu": "estimate from FLOPs (30% of H100 bf16 peak)",
-        "add_vectors_per_cpu": "measured, BENCHMARKS.md, 2-core x86_64",
-        "kmeans_core_s_per_unit": "measured, BENCHMARKS.md, 2-core x86_64",
-        "gpu_core_equivalents": "estimate",
-        "search_queries_per_cpu": "estimate",
-    })
+
+def load_rates(path: Path = RATES_FILE) -> dict[str, dict]:
+    """{name: {"value", "source"}}: measured rates where there are, else the defaults."""
+    out = {k: {"value": v, "source": s} for k, (v, s) in DEFAULTS.items()}
+    if path.is_file():
+        for k, r in json.loads(path.read_text()).items():
+            if k in out:
+                out[k] = r
+    return out
 
 
 @dataclass(frozen=True)
@@ -61,19 +57,28 @@ class PlanConfig:
     gpus: int = 0  # --gpus: GPUs for embed and k-means
     cpus: int = 64  # --cpus: CPU cores for chunk, index add and neighbours
     k: int = 2  # -k: neighbours per training chunk (the paper: 2)
-    train_points_per_list: int = 100  # sample = this x nlist vectors for k-means
-    shard_size: int = 1_000_000  # --shard-size: chunks per shard
+    train_points_per_list: int = 100  # sample = this × nlist vectors for k-means
+    split_mb: float = 256  # --split-size of chunk, in MB (one shard per split)
+    cores_per_machine: int = 64  # --cores-per-machine
+    gpus_per_machine: int = 8  # --gpus-per-machine
+    hours: float = 24  # --hours: the machines needed to finish each stage in this
 
     def validate(self) -> None:
         if not (math.isfinite(self.tokens) and self.tokens > 0):
             raise RetrodbError(f"--tokens {self.tokens}: must be a positive number of "
                                "tokens (e.g. 2e12)")
         for flag, value in (("--chunk-size", self.chunk_size), ("--dim", self.dim),
-                            ("-k", self.k), ("--cpus", self.cpus)):
+                            ("-k", self.k), ("--cpus", self.cpus),
+                            ("--cores-per-machine", self.cores_per_machine),
+                            ("--gpus-per-machine", self.gpus_per_machine)):
             if value <= 0:
                 raise RetrodbError(f"{flag} {value}: must be at least 1")
         if self.gpus < 0:
             raise RetrodbError(f"--gpus {self.gpus}: must be 0 or more")
+        if not (math.isfinite(self.hours) and self.hours > 0):
+            raise RetrodbError(f"--hours {self.hours}: must be a positive number")
+        if not (math.isfinite(self.split_mb) and self.split_mb > 0):
+            raise RetrodbError(f"--split-size {self.split_mb}: must be positive")
         parse_factory(self.factory)
 
 
@@ -88,41 +93,55 @@ def parse_factory(factory: str) -> tuple[int, int]:
     return int(nlist.group(1)), math.ceil(m * bits / 8) + 8
 
 
-def plan(cfg: PlanConfig, rates: Rates = Rates()) -> dict[str, Any]:
-    """Bytes written and hours for every stage, with the arithmetic behind them."""
+def _stage(name: str, work: float, unit: str, rate: float, device: str, devices: int,
+           per_machine: int, cfg: PlanConfig, bytes_: float, how: str,
+           shards: float = 0, coord_s: float = 0) -> dict:
+    device_hours = work / rate / 3600
+    machines = math.ceil(device_hours / cfg.hours / per_machine) if device_hours else 0
+    out = {"stage": name, "bytes": bytes_, "device": device,
+           "device_hours": device_hours, "hours": device_hours / max(devices, 1e-9),
+           "on": f"{devices} {device}", "machines_in_a_day": machines, "how": how}
+    if shards:
+        # the coordinator spends coord_s CPU-s per shard; a shard takes the workers
+        # work/shards/rate device-seconds: it keeps up with this many devices at most
+        out["coordinator_limit_devices"] = (work / shards / rate) / coord_s
+        out["coordinator_cpu_hours"] = shards * coord_s / 3600
+    return out
+
+
+def plan(cfg: PlanConfig, rates: dict | None = None) -> dict[str, Any]:
+    """Bytes, device-hours, machines for every stage, with the arithmetic behind them."""
     cfg.validate()
+    r = {k: v["value"] for k, v in (rates or load_rates()).items()}
     n = cfg.tokens / cfg.chunk_size
     nlist, code = parse_factory(cfg.factory)
     train_n = min(n, cfg.train_points_per_list * nlist)
-    shards = math.ceil(n / cfg.shard_size)
-
-    def hours(work: float, rate: float, devices: float) -> float:
-        return work / (rate * max(devices, 1e-9)) / 3600
-
-    embed_rate, embed_dev, embed_hw = (
-        (rates.embed_chunks_per_gpu, cfg.gpus, f"{cfg.gpus} GPU") if cfg.gpus
-        else (rates.embed_chunks_per_cpu, cfg.cpus, f"{cfg.cpus} CPU"))
-    kmeans_cores = cfg.gpus * rates.gpu_core_equivalents if cfg.gpus else cfg.cpus
+    bytes_per_token = 4.0  # English text in a BERT WordPiece: ~4 bytes a token
+    shards = max(1, math.ceil(cfg.tokens * bytes_per_token / (cfg.split_mb * 2 ** 20)))
+    gpu = cfg.gpus > 0
+    coord = r["chunk_coordinator_s_per_shard"]
+    emb_rate = r["embed_chunks_per_gpu_s"] if gpu else r["embed_chunks_per_cpu_s"]
+    km_rate = 1 / (r["kmeans_core_s_per_unit"] * (r["gpu_core_equivalents"] if gpu else 1))
     stages = [
-        {"stage": "chunk", "bytes": n * rates.chunk_bytes_per_chunk,
-         "hours": hours(cfg.tokens, rates.chunk_tokens_per_cpu, cfg.cpus),
-         "on": f"{cfg.cpus} CPU",
-         "how": f"{cfg.tokens:.3g} tokens / ({rates.chunk_tokens_per_cpu:.3g} tok/s x "
-                f"{cfg.cpus})"},
-        {"stage": "embed", "bytes": n * cfg.dim * 2,
-         "hours": hours(n, embed_rate, embed_dev), "on": embed_hw,
-         "how": f"{n:.3g} chunks / ({embed_rate:.3g}/s x {embed_dev}); float16 {cfg.dim}-d"},
-        {"stage": "index train", "bytes": nlist * cfg.dim * 4,
-         "hours": train_n * nlist * cfg.dim * rates.kmeans_core_s_per_unit
-                  / kmeans_cores / 3600,
-         "on": f"{cfg.gpus} GPU" if cfg.gpus else f"{cfg.cpus} CPU",
-         "how": f"k-means of {nlist:,} lists on {train_n:.3g} vectors"},
-        {"stage": "index add", "bytes": n * code,
-         "hours": hours(n, rates.add_vectors_per_cpu, cfg.cpus), "on": f"{cfg.cpus} CPU",
-         "how": f"{shards:,} parts in parallel; {code} B/vector (PQ code + id)"},
-        {"stage": "neighbours", "bytes": n * cfg.k * 12,
-         "hours": hours(n, rates.search_queries_per_cpu, cfg.cpus), "on": f"{cfg.cpus} CPU",
-         "how": f"{n:.3g} queries, k={cfg.k}: 8 B id + 4 B score each"},
+        _stage("chunk", cfg.tokens, "tokens", r["chunk_tokens_per_cpu_s"], "CPU", cfg.cpus,
+               cfg.cores_per_machine, cfg, n * r["chunk_bytes_per_chunk"],
+               f"{cfg.tokens:.3g} tokens / {r['chunk_tokens_per_cpu_s']:.3g} per core-s, "
+               f"{shards:,} splits", shards, coord),
+        _stage("embed", n, "chunks", emb_rate, "GPU" if gpu else "CPU",
+               cfg.gpus if gpu else cfg.cpus,
+               cfg.gpus_per_machine if gpu else cfg.cores_per_machine, cfg, n * cfg.dim * 2,
+               f"{n:.3g} chunks / {emb_rate:.3g} per device-s; float16 {cfg.dim}-d",
+               shards, coord),
+        _stage("index train", train_n * nlist * cfg.dim, "units", km_rate,
+               "GPU" if gpu else "CPU", cfg.gpus if gpu else cfg.cpus,
+               cfg.gpus_per_machine if gpu else cfg.cores_per_machine, cfg,
+               nlist * cfg.dim * 4, f"k-means of {nlist:,} lists on {train_n:.3g} vectors"),
+        _stage("index add", n, "vectors", r["add_vectors_per_cpu_s"], "CPU", cfg.cpus,
+               cfg.cores_per_machine, cfg, n * code,
+               f"{shards:,} parts in parallel; {code} B/vector (codes + id)", shards, coord),
+        _stage("neighbours", n, "queries", r["search_queries_per_cpu_s"], "CPU", cfg.cpus,
+               cfg.cores_per_machine, cfg, n * cfg.k * 12,
+               f"{n:.3g} queries, k={cfg.k}: 8 B id + 4 B score each", shards, coord),
     ]
     return {
         "tokens": cfg.tokens, "chunks": n, "shards": shards, "factory": cfg.factory,
@@ -131,34 +150,36 @@ def plan(cfg: PlanConfig, rates: Rates = Rates()) -> dict[str, Any]:
         "total_hours": sum(s["hours"] for s in stages),
         # serving: the coarse quantizer + OPQ in RAM, lists memory-mapped from disk
         "index_ram_bytes": nlist * cfg.dim * 4,
-        "rates": {k: {"value": getattr(rates, k), "source": rates.source[k]}
-                  for k in rates.source},
+        "rates": rates or load_rates(),
     }
 
 
-def calibrate(rates: Rates = Rates(), seconds: float = 5.0) -> Rates:
-    """Re-measure the CPU chunk rate on this machine (one worker, real text)."""
+def calibrate(rates: dict | None = None, seconds: float = 5.0) -> dict:
+    """Re-measure the CPU chunk rate on this machine (one worker, real text: the
+    Python standard library's sources, which every installation has)."""
     import os
     import tempfile
-    from pathlib import Path
+    import time
+    from pathlib import Path as P
 
     from ..stages.chunk import ChunkConfig, chunk_corpus
 
-    # real text that every installation has: the Python standard library's sources
-    stdlib = Path(os.__file__).parent
+    stdlib = P(os.__file__).parent
     files = sorted(stdlib.glob("*.py"))[:200]
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     text = "".join(p.read_text(encoding="utf-8", errors="replace") for p in files)[:1 << 21]
     tokens, spent = 0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         i = 0
-        while spent < seconds:  # ~2 MB inputs, so start-up is a small part of the time
-            inp = Path(tmp) / f"in{i}.txt"
+        while spent < seconds:
+            inp = P(tmp) / f"in{i}.txt"
             inp.write_text(text, encoding="utf-8")
             t0 = time.perf_counter()
-            r = chunk_corpus(Path(tmp) / f"db{i}", [str(inp)], ChunkConfig())
+            r = chunk_corpus(P(tmp) / f"db{i}", [str(inp)], ChunkConfig(root=tmp))
             spent += time.perf_counter() - t0
             tokens += r.tokens
             i += 1
-    src = dict(rates.source, chunk_tokens_per_cpu="measured now by --calibrate")
-    return replace(rates, chunk_tokens_per_cpu=tokens / spent, source=src)
+    out = dict(rates or load_rates())
+    out["chunk_tokens_per_cpu_s"] = {"value": tokens / spent,
+                                     "source": "measured now by --calibrate"}
+    return out
