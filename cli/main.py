@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import (chunk, embed, eval, generate, index, info, neighbours, plan, plot, query,
-               train, verify)
+               tokenizer, train, verify)
 
 app = typer.Typer(
     name="retrodb",
@@ -18,6 +18,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # help text as written: defaults and [extras] stay visible
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+app.command("tokenizer")(tokenizer.tokenizer_cli)
 app.command("chunk")(chunk.chunk_cli)
 app.command("embed")(embed.embed_cli)
 app.add_typer(index.app, name="index")

@@ -27,6 +27,13 @@ def train_cli(
     batch_size: int = typer.Option(8, help="Sequences per step (over all ranks)."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW)."),
     warmup: int = typer.Option(100, help="Linear warm-up steps, then cosine decay."),
+    retrieval_lr: Optional[float] = typer.Option(None, help="Peak learning rate of the "
+                                                 "encoder and CCA [default: --lr]; they "
+                                                 "start from scratch (CCA from zero).",
+                                                 show_default=False),
+    retrieval_warmup: Optional[int] = typer.Option(None, help="Their warm-up steps "
+                                                   "[default: --warmup].",
+                                                   show_default=False),
     grad_clip: float = typer.Option(1.0, help="Gradient-norm clip."),
     seed: int = typer.Option(0, help="Seed of initialisation and data order."),
     val_fraction: float = typer.Option(0.05, help="Documents held out for validation "
@@ -55,7 +62,9 @@ def train_cli(
 
     cfg = TrainConfig(run=run, preset=preset, retrieval=not no_retrieval,
                       neighbours=neighbours, steps=steps, seq_chunks=seq_chunks,
-                      batch_size=batch_size, lr=lr, warmup=warmup, grad_clip=grad_clip,
+                      batch_size=batch_size, lr=lr, warmup=warmup,
+                      retrieval_lr=retrieval_lr, retrieval_warmup=retrieval_warmup,
+                      grad_clip=grad_clip,
                       seed=seed, val_fraction=val_fraction, split_seed=split_seed,
                       eval_every=eval_every, eval_sequences=eval_sequences,
                       checkpoint_every=checkpoint_every, device=device, compile=compile,

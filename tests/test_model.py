@@ -11,11 +11,19 @@ from retrodb.training.model import Retro, RetroConfig, preset_config
 M, L, K, V = 8, 5, 2, 101  # chunk size, chunks, neighbours, vocabulary
 
 
-def small_model(seed=0) -> Retro:
-    torch.manual_seed(seed)
+def small_model(seed=0, trained_cca=True) -> Retro:
+    """A small RETRO. CCA's output starts at zero (a neutral start); the attention tests
+    give it random weights, as training would, so that neighbours change something."""
     c = RetroConfig(vocab_size=V, chunk_size=M, d_model=32, n_layer=4, n_head=4,
                     cca_start=2, cca_every=2)
-    return Retro(c).eval()
+    model = Retro(c, seed=seed).eval()
+    if trained_cca:
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".cca." in name and name.endswith("out.weight"):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
 
 
 def inputs(seed=1):
@@ -106,3 +114,21 @@ def test_loss_ignores_padding_targets():
     idx2 = idx.clone()
     idx2[:, 11:] = (idx2[:, 11:] + 1) % V
     assert torch.allclose(model(idx2, nb, mask, targets=t, reduction="sum"), got)
+
+
+@torch.no_grad()
+def test_untrained_retro_is_its_baseline():
+    """Paired, neutral start: the same decoder weights from the seed, and CCA's output
+    at zero, so an untrained RETRO gives its baseline's logits, whatever the neighbours."""
+    from dataclasses import replace
+
+    retro = small_model(trained_cca=False)
+    base = Retro(replace(retro.config, retrieval=False), seed=0).eval()
+    shared = base.state_dict()
+    mine = retro.state_dict()
+    assert shared and all(torch.equal(mine[k], v) for k, v in shared.items())
+    idx, nb, mask = inputs()
+    assert (retro(idx, nb, mask) - base(idx)).abs().max() < 1e-6
+    # another seed gives another decoder; the retrieval weights do not move the decoder's
+    other = Retro(retro.config, seed=1)
+    assert not torch.equal(other.embed.weight, retro.embed.weight)

@@ -230,3 +230,29 @@ def test_plot_writes_a_png(db):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = CliRunner().invoke(app, ["plot", "nope", "--db", str(db)])
     assert r.exit_code == 2 and "--run nope" in r.output
+
+
+def test_retrieval_weights_have_their_own_schedule(db):
+    from retrodb.training.train import lr_at, prepare
+
+    cfg = replace(TINY, run="sched", steps=10, lr=1e-3, warmup=4, retrieval_lr=5e-3,
+                  retrieval_warmup=1)
+    assert lr_at(cfg, 1) == pytest.approx(2.5e-4) and lr_at(cfg, 1, True) == 5e-3
+    assert lr_at(cfg, 10, True) == pytest.approx(5e-4)  # cosine to 10% of its own peak
+    s = prepare(db, cfg)
+    from retrodb.training.model import is_retrieval
+
+    retrieval = {id(p) for n, p in s.model.named_parameters() if is_retrieval(n)}
+    for g in s.opt.param_groups:
+        assert all((id(p) in retrieval) == g["retrieval"] for p in g["params"])
+    assert {g["retrieval"] for g in s.opt.param_groups} == {True, False}
+    with pytest.raises(RetrodbError, match="--retrieval-lr"):
+        replace(cfg, retrieval_lr=0.0).validate()
+
+
+def test_retrofit_from_another_decoder_shape_is_refused(db):
+    train(db, replace(TINY, run="rfs-base", steps=1, retrieval=False))
+    with pytest.raises(RetrodbError, match=r"--retrofit rfs-base: its decoder differs .*"
+                                           r"d_model 64 \(here 320\)"):
+        train(db, replace(TINY, run="rfs", preset="small", steps=1, retrofit="rfs-base"))
+    assert not (db / "models" / "rfs").exists()

@@ -8,9 +8,10 @@ boundaries); a target that is padding (beyond a chunk's `length`, or an empty sl
 -100 and never counts in the loss. The first token of a window is not predicted.
 
 Neighbours come from a precomputed set (DB/neighbours/<set>/). Whatever that set
-holds, neighbours from the query's own document and, when training, from validation
-documents are dropped here: the model must neither copy its own future nor see the
-text it is validated on.
+holds, neighbours from the query's own document and from validation documents are
+dropped here: the model must neither copy its own future nor see the text it is
+validated on, and validation retrieves from the training documents only, as in the
+paper (its retrieval database is the training data).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Batch:
     neighbours: np.ndarray | None = None  # (b, S, k, 2m) int64 neighbour + continuation
     neighbour_mask: np.ndarray | None = None  # (b, S, k, 2m) bool, True = real token
     neighbour_ids: np.ndarray | None = None  # (b, S, k) int64, -1 = none
+    # (b, S, k) float: r of each of slot u's neighbours against the chunk it helps
+    # predict (slot u + 1, or the next chunk past the window); NaN where there is no
+    # neighbour. Asked for by evaluation only (stores/overlap.py).
+    leakage: np.ndarray | None = None
 
 
 class Sequences:
@@ -64,6 +69,10 @@ class Sequences:
         starts = np.repeat(first, per) + seq_chunks * _ranges(per)
         ends = np.repeat(first + n, per)
         self.windows = np.stack([starts, np.minimum(ends - starts, seq_chunks)], 1)
+        # UTF-8 bytes per token of each window's document (bits per byte for tokenizers
+        # whose tokens have no byte length of their own)
+        bpt = docs["n_bytes"][keep] / np.maximum(docs["n_tokens"][keep], 1)
+        self.bytes_per_token = np.repeat(bpt, per)
         self.seq_chunks, self.split, self.part = seq_chunks, split, part
         self.store = store if store is not None else TokenStore(db)
         self.m = self.store.chunk_size
@@ -72,8 +81,9 @@ class Sequences:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def batch(self, rows, exclude_overlap: float | None = None) -> Batch:
-        """The windows `rows` as a batch; with a neighbour table, with neighbours."""
+    def batch(self, rows, leakage: bool = False) -> Batch:
+        """The windows `rows` as a batch; with a neighbour table, with neighbours (and
+        with `leakage`, each neighbour's r: see `Batch.leakage`)."""
         w = self.windows[np.asarray(rows)]
         j = np.arange(self.seq_chunks)
         ids = np.where(j[None] < w[:, 1:2], w[:, :1] + j[None], -1)  # (b, S)
@@ -85,31 +95,30 @@ class Sequences:
         targets[:, :-1] = np.where(valid[:, 1:], tokens[:, 1:], -100)
         out = Batch(tokens, targets, ids)
         if self.table is not None:
-            self._neighbours(out, r["doc_id"], exclude_overlap, r)
+            self._neighbours(out, r["doc_id"], leakage)
         return out
 
-    def _neighbours(self, out: Batch, doc_ids, exclude_overlap, r) -> None:
+    def _neighbours(self, out: Batch, doc_ids, want_leakage: bool) -> None:
+        from ..stores.overlap import leakage, predicted_rows
+
         ids = out.chunk_ids
         nb, _ = self.table.lookup(np.maximum(ids, 0))  # (b, S, k)
         nb = np.where(ids[..., None] >= 0, nb, -1)
         nr = self.store.rows(nb)
-        drop = nr["doc_id"] == doc_ids[..., None]  # own document: its own future
-        if self.part == "train":
-            drop |= self.split.is_validation(nr["doc_id"])
+        # never the query's own document (its own future), never validation text
+        drop = (nr["doc_id"] == doc_ids[..., None]) | self.split.is_validation(nr["doc_id"])
         nb = np.where(drop, -1, nb)
         cont = self.store.rows(self.store.continuation_ids(nb))
         nl = np.where(nb >= 0, nr["length"], 0)
         cl = np.where(nb >= 0, cont["length"], 0)
         blocks = np.concatenate([nr["tokens"], cont["tokens"]], -1).astype(np.int64)
-        if exclude_overlap is not None:
-            from ..stores.overlap import overlap_ratio
-
+        if want_leakage:
             b, S, k = nb.shape
-            ratio = overlap_ratio(r["tokens"].reshape(b * S, -1),
-                                  r["length"].reshape(-1), blocks.reshape(b * S, k, -1),
-                                  (nl + cl).reshape(b * S, k), self.m).reshape(b, S, k)
-            nb = np.where(ratio > exclude_overlap, -1, nb)
-            nl, cl = np.where(nb >= 0, nl, 0), np.where(nb >= 0, cl, 0)
+            target = predicted_rows(self.store, ids)  # C_{u+1}, which slot u's help predict
+            ratio = leakage(target["tokens"].reshape(b * S, -1), target["length"].reshape(-1),
+                            blocks.reshape(b * S, k, -1), (nl + cl).reshape(b * S, k),
+                            self.m).reshape(b, S, k)
+            out.leakage = np.where(nb >= 0, ratio, np.nan)
         pos = np.arange(self.m)
         mask = np.concatenate([pos < nl[..., None], pos < cl[..., None]], -1)
         out.neighbours, out.neighbour_mask, out.neighbour_ids = blocks, mask, nb

@@ -47,6 +47,11 @@ class TrainConfig:
     lr: float = 1e-3  # --lr: peak AdamW learning rate (small models tolerate 1e-3)
     min_lr_ratio: float = 0.1  # cosine decays to lr × this (Chinchilla practice)
     warmup: int = 100  # --warmup: linear warm-up steps
+    # --retrieval-lr, --retrieval-warmup: the encoder and CCA start from scratch (and CCA
+    # from zero) while the decoder may be trained already (--retrofit): they get their
+    # own schedule. None = the decoder's.
+    retrieval_lr: float | None = None
+    retrieval_warmup: int | None = None
     weight_decay: float = 0.1  # AdamW decay on matrices only (not norms, embeddings)
     grad_clip: float = 1.0  # --grad-clip: global gradient-norm clip
     seed: int = 0  # --seed: initialisation and data order
@@ -81,15 +86,27 @@ class TrainConfig:
         if self.retrofit and not self.retrieval:
             raise RetrodbError("--retrofit adds retrieval to a baseline: drop "
                                "--no-retrieval")
+        if self.retrieval_lr is not None and not (self.retrieval_lr > 0 and
+                                                  math.isfinite(self.retrieval_lr)):
+            raise RetrodbError(f"--retrieval-lr {self.retrieval_lr}: must be a positive "
+                               "number")
+        if self.retrieval_warmup is not None and self.retrieval_warmup < 0:
+            raise RetrodbError(f"--retrieval-warmup {self.retrieval_warmup}: must be 0 or "
+                               "more")
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up to cfg.lr, then cosine to cfg.lr × min_lr_ratio at cfg.steps."""
-    if step <= cfg.warmup:
-        return cfg.lr * step / max(1, cfg.warmup)
-    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    lo = cfg.lr * cfg.min_lr_ratio
-    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * t))
+def lr_at(cfg: TrainConfig, step: int, retrieval: bool = False) -> float:
+    """Linear warm-up to the peak, then cosine to peak × min_lr_ratio at cfg.steps; the
+    retrieval weights' own peak and warm-up when `retrieval`."""
+    peak, warmup = cfg.lr, cfg.warmup
+    if retrieval:
+        peak = cfg.retrieval_lr if cfg.retrieval_lr is not None else cfg.lr
+        warmup = cfg.retrieval_warmup if cfg.retrieval_warmup is not None else cfg.warmup
+    if step <= warmup:
+        return peak * step / max(1, warmup)
+    t = min(1.0, (step - warmup) / max(1, cfg.steps - warmup))
+    lo = peak * cfg.min_lr_ratio
+    return lo + 0.5 * (peak - lo) * (1 + math.cos(math.pi * t))
 
 
 def batch_rows(n: int, seed: int, step: int, batch_size: int) -> np.ndarray:
@@ -163,8 +180,8 @@ def prepare(db, cfg: TrainConfig, resume: bool = False) -> Session:
     if len(data) == 0:
         raise RetrodbError(f"{db.root}: no training documents (--val-fraction "
                            f"{cfg.val_fraction} holds out all of them)")
-    torch.manual_seed(cfg.seed)
-    model = Retro(mcfg).to(device)
+    torch.manual_seed(cfg.seed)  # dropout and anything else drawn during training
+    model = Retro(mcfg, seed=cfg.seed).to(device)
     if cfg.retrofit:
         _retrofit(model, retrofit_source(db, cfg.retrofit), cfg.retrofit)
     opt = _optimizer(model, cfg)
@@ -190,14 +207,22 @@ def prepare(db, cfg: TrainConfig, resume: bool = False) -> Session:
 
 
 def _optimizer(model, cfg: TrainConfig):
-    """AdamW (β 0.9/0.95); weight decay on matrices only (not norms, embeddings)."""
+    """AdamW (β 0.9/0.95); weight decay on matrices only (not norms, embeddings); the
+    retrieval weights in groups of their own (their own learning-rate schedule)."""
     import torch
 
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.dim() >= 2 and not n.startswith("embed")]
-    other = [p for n, p in named if not (p.dim() >= 2 and not n.startswith("embed"))]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr,
+    from .model import is_retrieval
+
+    groups = []
+    for retrieval in (False, True):
+        named = [(n, p) for n, p in model.named_parameters()
+                 if p.requires_grad and is_retrieval(n) == retrieval]
+        decay = [p for n, p in named if p.dim() >= 2 and not n.startswith("embed")]
+        other = [p for n, p in named if not (p.dim() >= 2 and not n.startswith("embed"))]
+        groups += [{"params": decay, "weight_decay": cfg.weight_decay,
+                    "retrieval": retrieval},
+                   {"params": other, "weight_decay": 0.0, "retrieval": retrieval}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
                              betas=(0.9, 0.95), eps=1e-8)
 
 
@@ -225,6 +250,7 @@ def _loop(s: Session, on_progress: ProgressFn | None) -> dict:
     metrics = open(s.out / "metrics.jsonl", "a") if s.rank == 0 else None
     t0, tokens_run, last = time.perf_counter(), 0, {}
     prog = Progress("train", s.start, cfg.steps, "steps")
+    byte_len = s.db.tokenizer().byte_lengths()  # val bpb on the true bytes
     try:
         for step in range(s.start + 1, cfg.steps + 1):
             last = _step(s, step, autocast)
@@ -233,7 +259,8 @@ def _loop(s: Session, on_progress: ProgressFn | None) -> dict:
             last["tokens_per_s"] = tokens_run / elapsed
             is_last = step == cfg.steps
             if (cfg.eval_every and step % cfg.eval_every == 0) or is_last:
-                ev = evaluate_loss(s.model, s.val, cfg.eval_sequences, s.device, autocast)
+                ev = evaluate_loss(s.model, s.val, cfg.eval_sequences, s.device, autocast,
+                                   byte_len=byte_len)
                 last.update(val_loss=ev["loss"], val_bpb=ev["bpb"])
             if metrics:
                 metrics.write(json.dumps(last) + "\n")
@@ -264,7 +291,7 @@ def _step(s: Session, step: int, autocast) -> dict:
     cfg = s.cfg
     lr = lr_at(cfg, step)
     for g in s.opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr_at(cfg, step, g.get("retrieval", False))
     rows = batch_rows(len(s.data), cfg.seed, step, cfg.batch_size)[s.rank::s.world]
     b = s.data.batch(rows)
     s.model.train()
@@ -309,18 +336,33 @@ def _distributed() -> tuple[int, int]:
 
 
 def _retrofit(model, ckpt: Path, source: str) -> None:
-    """Load a baseline decoder's weights, freeze them; only CCA and encoder train."""
+    """RETROfit (the paper's §4): load a trained baseline's decoder, freeze it; only the
+    encoder and CCA train. CCA starts at zero, so training starts from the baseline's
+    exact predictions."""
     from safetensors.torch import load_file
 
+    from .model import is_retrieval
+    from .runs import read_json
+
+    cfg_file = ckpt.parent.parent / "config.json"
+    if cfg_file.is_file():
+        theirs = read_json(cfg_file)["model"]
+        mine = model.config.to_dict()
+        diff = [f"{k} {theirs.get(k)} (here {v})" for k, v in mine.items()
+                if k not in ("retrieval", "cca_start", "cca_every", "enc_layers")
+                and theirs.get(k) != v]
+        if diff:
+            raise RetrodbError(f"--retrofit {source}: its decoder differs from this run's "
+                               f"({'; '.join(diff)}); use the baseline's --preset and "
+                               "database")
     sd = load_file(str(ckpt / "model.safetensors"))
-    if any(k.startswith("encoder.") or ".cca." in k for k in sd):
+    if any(is_retrieval(k) for k in sd):
         raise RetrodbError(f"--retrofit {source}: already a RETRO model; retrofit a "
                            "--no-retrieval baseline")
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    bad = [k for k in missing if not (k.startswith("encoder.") or ".cca." in k or
-                                      ".n2." in k)]
+    bad = [k for k in missing if not is_retrieval(k)]
     if bad or unexpected:
         raise RetrodbError(f"--retrofit {source}: the baseline's shape differs from "
                            f"--preset (e.g. {(bad + list(unexpected))[:2]})")
     for n, p_ in model.named_parameters():
-        p_.requires_grad = n.startswith("encoder.") or ".cca." in n or ".n2." in n
+        p_.requires_grad = is_retrieval(n)

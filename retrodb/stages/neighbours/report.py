@@ -1,7 +1,8 @@
 """What a neighbour set holds: counts, candidates searched, and how leaky it is.
 
-r = longest common token run between a query chunk and its neighbour / chunk size;
-r = 1 is a verbatim copy. `retrodb neighbours report` prints the distribution of r, so
+r = longest common token run between the chunk a neighbour helps predict (the query's
+next chunk, C_{u+1}) and the neighbour with its continuation, / chunk size; r = 1: the
+predicted chunk is in the neighbour verbatim (stores/overlap.py). `retrodb neighbours report` prints the distribution of r, so
 the leakage filter α can be chosen before evaluating.
 """
 

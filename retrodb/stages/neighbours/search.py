@@ -3,9 +3,12 @@
 Candidates come from the merged index in PQ order; those from the query's own
 document or from validation documents are removed *before* exact re-ranking, so the
 index's candidate budget (chosen for unfiltered queries) is spent on eligible chunks
-only. The re-ranked list (exact scores) is then leakage-filtered (r ≤ α). A query left
+only. The re-ranked list (exact scores) is then leakage-filtered: r ≤ α, with r the
+longest common token run of the chunk these neighbours help predict (the query's next
+chunk) and the neighbour with its continuation (stores/overlap.py). A query left
 with fewer than k is searched again with 4× the candidates, up to `max_search`; then it
-is padded with id -1 (score NaN) and counted.
+is padded with id -1 (score NaN) and counted. Widening also probes 4× the IVF lists:
+a query's probed lists may hold fewer eligible chunks than it needs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...stores.searcher import IndexSearcher, rerank
-from ...stores.overlap import longest_common_run
+from ...stores.overlap import block_rows, leakage, predicted_rows
 from ...stores.split import Split
 from ...stores.tokens import TokenStore
 from ...stores.vectors import EmbeddingStore
@@ -36,6 +39,10 @@ class FilteredSearch:
         self.alpha, self.max_search = alpha, max_search
 
     @property
+    def nlist(self) -> int:
+        return int(self.searcher.trained.get("nlist") or 1)
+
+    @property
     def candidates(self) -> int:
         return self.searcher.candidates
 
@@ -56,6 +63,7 @@ class FilteredSearch:
         out_i = np.full((n, k), -1, dtype=np.int64)
         out_s = np.full((n, k), np.nan, dtype=np.float32)
         qrows = self.qtokens.rows(qids)
+        qnext = predicted_rows(self.qtokens, qids)  # C_{u+1}: what leakage is measured on
         for name in COUNTERS:
             stats.setdefault(name, 0)
         todo = np.arange(n)
@@ -66,16 +74,20 @@ class FilteredSearch:
             step = max(1, (1 << 21) // fetch)
             for lo in range(0, len(todo), step):
                 rows = todo[lo:lo + step]
-                retry.append(self._pass(xq, rows, qrows, fetch, limit, need, alpha, nprobe,
-                                        out_i, out_s, stats))
+                retry.append(self._pass(xq, rows, (qrows, qnext), fetch, limit, need, alpha,
+                                        nprobe, out_i, out_s, stats))
                 stats["searched"] += len(rows) * fetch
                 if not first_pass:
                     stats["widened"] += len(rows)
             todo = np.concatenate(retry) if retry else todo[:0]
+            # wider: more candidates fetched and kept (the leakage filter may have
+            # dropped all the first ones), and more lists (IVF lists run dry)
             fetch = min(limit, fetch * 4)
+            need = min(fetch, need * 4)
+            nprobe = min(self.nlist, nprobe * 4)
             first_pass = False
         valid = out_i >= 0
-        r = ratios(qrows, self.tokens.rows(out_i), valid, self.tokens.chunk_size)
+        r = self.ratios(qnext, out_i, valid)
         stats["duplicates"] += int((valid & (r >= 1.0)).sum())
         bins = np.minimum((r[valid] * R_BINS + 1e-6).astype(np.int64), R_BINS)
         stats["hist"] = stats.get("hist", 0) + np.bincount(bins, minlength=R_BINS + 1)
@@ -94,15 +106,19 @@ class FilteredSearch:
             elig &= ~(drop_d | drop_v)
         return elig, drop_d, drop_v
 
-    def _pass(self, xq, rows, qrows, fetch, limit, need, alpha, nprobe, out_i, out_s,
+    def _pass(self, xq, rows, q, fetch, limit, need, alpha, nprobe, out_i, out_s,
               stats) -> np.ndarray:
         """One pass for the queries `rows`: fills out_i/out_s of the finished ones and
         returns the rows to search again wider."""
         k, c = self.k, self.searcher.candidates
         x = np.ascontiguousarray(xq[rows])
+        qrows, qnext = q
         D, I = self.searcher.candidates_for(x, fetch, nprobe)
         elig, drop_d, drop_v = self._eligible(I, qrows["doc_id"][rows])
-        exhausted = (I[:, -1] < 0) | (fetch >= limit)
+        # a query is out of candidates when every list is probed and came up short, or
+        # the widest search is reached
+        lists_done = nprobe >= self.nlist
+        exhausted = ((I[:, -1] < 0) & lists_done) | (fetch >= limit)
         # the first `need` eligible candidates, in PQ order
         cols = np.argsort(~elig, axis=1, kind="stable")[:, :need]
         ok = np.take_along_axis(elig, cols, axis=1)
@@ -114,7 +130,7 @@ class FilteredSearch:
         keep = I2 >= 0
         drop_o = np.zeros_like(keep)
         if alpha is not None:
-            keep, drop_o = self._overlap_keep(qrows[rows], I2, keep, alpha)
+            keep, drop_o = self._overlap_keep(qnext[rows], I2, keep, alpha)
         got_n = np.minimum(keep.sum(axis=1), k)
         final = (got_n >= k) | exhausted
         if final.any():
@@ -135,7 +151,7 @@ class FilteredSearch:
             stats["dropped_overlap"] += int((drop_o[f] & (kept_before < k)).sum())
         return rows[~final]
 
-    def _overlap_keep(self, qrows: np.ndarray, ids: np.ndarray, valid: np.ndarray,
+    def _overlap_keep(self, qnext: np.ndarray, ids: np.ndarray, valid: np.ndarray,
                       alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """(keep, dropped): which ranked candidates pass r ≤ α. r (a 64 × 64 dynamic
         programme per pair) is computed for the first 4k candidates, then further down
@@ -148,8 +164,7 @@ class FilteredSearch:
         def apply(rows: np.ndarray, lo: int, hi: int) -> None:
             sub = ids[rows, lo:hi]
             mask = valid[rows, lo:hi]
-            r = ratios(qrows[rows], self.tokens.rows(np.where(mask, sub, -1)), mask,
-                       self.tokens.chunk_size)
+            r = self.ratios(qnext[rows], np.where(mask, sub, -1), mask)
             drop = mask & (r > alpha)
             dropped[rows, lo:hi] |= drop
             keep[rows, lo:hi] &= ~drop
@@ -161,13 +176,9 @@ class FilteredSearch:
         return keep, dropped
 
 
-def ratios(qrows: np.ndarray, nrows: np.ndarray, mask: np.ndarray,
-           chunk_size: int) -> np.ndarray:
-    """r of each (query, candidate) where `mask`; 0 elsewhere. qrows (n,), nrows (n, c)."""
-    r = np.zeros(mask.shape, dtype=np.float32)
-    qi, ci = np.nonzero(mask)
-    if len(qi):
-        runs = longest_common_run(qrows["tokens"][qi], qrows["length"][qi],
-                                  nrows["tokens"][qi, ci], nrows["length"][qi, ci])
-        r[qi, ci] = runs / chunk_size
-    return r
+    def ratios(self, qnext: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """r of each (query, candidate) where `mask`; 0 elsewhere. qnext (n,) rows of
+        the queries' next chunks; ids (n, c) candidates."""
+        blocks, lengths = block_rows(self.tokens, np.where(mask, ids, -1))
+        return leakage(qnext["tokens"], qnext["length"], blocks, lengths,
+                       self.tokens.chunk_size, mask)

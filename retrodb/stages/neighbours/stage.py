@@ -170,6 +170,9 @@ def _settings(cfg: NeighboursConfig, qdb: Database | None, same_doc: bool, split
     """What a set is: a rerun with other settings is refused (use another --set)."""
     return {"k": cfg.k, "queries": query_identity(qdb),
             "exclude_same_doc": same_doc, "exclude_overlap": cfg.exclude_overlap,
+            # r is measured on the predicted chunk C_{u+1} against [N, F] (the paper's
+            # §2.6); sets filtered by the earlier r (query chunk vs N) are refused
+            "leakage": "next-chunk" if cfg.exclude_overlap is not None else None,
             "exclude_validation": cfg.exclude_validation,
             "split": (None if split is None else
                       {"val_fraction": split.val_fraction, "seed": split.seed}),
@@ -220,8 +223,8 @@ def build_neighbours(db, cfg: NeighboursConfig = NeighboursConfig(),
                               queries=sum(e["rows"] for e in rep.entries))
     result.stats = set_stats(m)
     if qdb is not None and cfg.exclude_overlap is None and result.stats["duplicates"]:
-        note(f"{result.stats['duplicates']:,} neighbours are verbatim copies of their "
-             f"query chunk (r = 1): the query set overlaps the database; evaluate with "
-             f"--exclude-overlap 0.2 to filter leaked text")
+        note(f"{result.stats['duplicates']:,} neighbours hold the whole chunk they help "
+             f"predict verbatim (r = 1): the query set overlaps the database; evaluate "
+             f"with --exclude-overlap 0.2 to filter leaked text")
     result.seconds = round(time.time() - t0, 3)
     return result

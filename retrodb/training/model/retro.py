@@ -82,8 +82,15 @@ class DecoderLayer(nn.Module):
         return x + self.ff(self.n3(x)), enc
 
 
+def is_retrieval(name: str) -> bool:
+    """Parameters that only RETRO has: the neighbour encoder, CCA and its norm."""
+    return name.startswith("encoder.") or ".cca." in name or ".n2." in name
+
+
 class Retro(nn.Module):
-    def __init__(self, c: RetroConfig):
+    """RETRO, or (retrieval=False) its baseline: the same decoder without CCA."""
+
+    def __init__(self, c: RetroConfig, seed: int = 0):
         super().__init__()
         c.validate()
         self.config = c
@@ -93,15 +100,28 @@ class Retro(nn.Module):
         self.encoder = Encoder(c) if c.retrieval else None
         self.norm = RMSNorm(c.d_model)
         self.drop = nn.Dropout(c.dropout)
-        self.apply(self._init)
-        for name, p in self.named_parameters():  # GPT-2: scale residual projections
-            if name.endswith(("out.weight", "down.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+        self.initialise(seed)
 
-    @staticmethod
-    def _init(mod):
-        if isinstance(mod, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(mod.weight, std=0.02)
+    @torch.no_grad()
+    def initialise(self, seed: int) -> None:
+        """Paired, neutral start. The decoder's weights come from a generator of the
+        seed alone and the retrieval weights from another, so RETRO and its baseline
+        start with the same decoder; CCA's output projection starts at zero, so an
+        untrained RETRO computes exactly what its baseline does, and retrieval enters
+        only as far as training finds it useful (as a zero-initialised residual branch).
+        GPT-2 init otherwise: N(0, 0.02), residual projections scaled by 1/√(2 layers)."""
+        dec = torch.Generator().manual_seed(seed)
+        ret = torch.Generator().manual_seed(seed + 7919)  # any other stream
+        deep = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            g = ret if is_retrieval(name) else dec
+            if p.dim() == 1:  # RMSNorm gains
+                nn.init.ones_(p)
+            elif ".cca." in name and name.endswith("out.weight"):
+                nn.init.zeros_(p)
+            else:
+                std = deep if name.endswith(("out.weight", "down.weight")) else 0.02
+                nn.init.normal_(p, std=std, generator=g)
 
     def hidden(self, idx, neighbours=None, neighbour_mask=None):
         """Final normed states (b, T, d) of tokens idx (b, T), T a multiple of m.
