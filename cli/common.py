@@ -133,3 +133,19 @@ def check_text(value: str, what: str) -> str:
         raise RetrodbError(f"{what}: not valid UTF-8 text; give UTF-8 (e.g. convert "
                            "with iconv)") from None
     return value
+
+
+def read_token(path: str) -> str:
+    """The secret: the first line of the token file."""
+    from retrodb.core.errors import RetrodbError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise RetrodbError(f"--token-file {path}: cannot read it ({why})") from None
+    if not token:
+        raise RetrodbError(f"--token-file {path}: its first line is empty; put the secret "
+                           "there")
+    return token

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import print_json, print_table, table, user_errors
-from .options import DB, JSON
+from .common import print_json, print_table, read_token, table, user_errors
+from .options import DB, JSON, SERVER, SERVER_TOKEN
 
 MODES = (("retrieval", "retrieval"), ("none (retrieval off)", "no_retrieval"),
          ("leakage-filtered", "leakage_filtered"))
@@ -30,6 +30,8 @@ def eval_cli(
                                              "run's]; a baseline is bucketed by it.",
                                              show_default=False),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    server: Optional[str] = SERVER,
+    token_file: Optional[str] = SERVER_TOKEN,
     json_out: bool = JSON,
 ):
     """Validation loss and bits per byte (of the true UTF-8 bytes of the tokens
@@ -47,8 +49,15 @@ def eval_cli(
     if not 0 <= exclude_overlap <= 1:
         raise RetrodbError(f"--exclude-overlap {exclude_overlap}: α must be in [0, 1] "
                            "(r = common token run / chunk size; 0.2 is usual)")
-    results = [evaluate_run(db, run, max_sequences, exclude_overlap, neighbours, device)
-               for run in runs]
+    client = None
+    if server:
+        from retrodb.query.client import RemoteRetriever
+
+        client = RemoteRetriever(server, read_token(token_file) if token_file else None)
+    elif token_file:
+        raise RetrodbError("--token-file: only with --server URL")
+    results = [evaluate_run(db, run, max_sequences, exclude_overlap, neighbours, device,
+                            server=client) for run in runs]
     if json_out:
         print_json(results if len(runs) > 1 else results[0])
         return

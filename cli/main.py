@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import (chunk, embed, eval, generate, index, info, neighbours, plan, plot, query,
-               tokenizer, train, verify)
+               serve, tokenizer, train, verify)
 
 app = typer.Typer(
     name="retrodb",
@@ -24,6 +24,7 @@ app.command("embed")(embed.embed_cli)
 app.add_typer(index.app, name="index")
 app.add_typer(neighbours.app, name="neighbours")
 app.command("query")(query.query_cli)
+app.command("serve")(serve.serve_cli)
 app.command("info")(info.info_cli)
 app.command("plan")(plan.plan_cli)
 app.command("verify")(verify.verify_cli)

@@ -31,3 +31,7 @@ def parse_gpus(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         raise RetrodbError(f"--gpus {text}: give device numbers separated by commas, "
                            "e.g. --gpus 0,1") from None
+SERVER = typer.Option(None, "--server", help="Retrieve from a `retrodb serve` service "
+                      "at this URL instead of opening the index here.", show_default=False)
+SERVER_TOKEN = typer.Option(None, "--token-file", help="The service's bearer token (first "
+                            "line of this file), with --server.", show_default=False)

@@ -152,9 +152,12 @@ def evaluate_loss(model, seqs, max_sequences: int, device, autocast,
 
 def evaluate_run(db, run: str, max_sequences: int = 0, overlap_alpha: float = 0.2,
                  neighbours: str | None = None, device: str = "cpu",
-                 batch_size: int = 8) -> dict:
+                 batch_size: int = 8, server=None) -> dict:
     """Every mode of the run (a baseline: no_retrieval), each with loss (nats/token),
-    bpb, tokens, bytes and by_leakage; plus the run's step and what was measured."""
+    bpb, tokens, bytes and by_leakage; plus the run's step and what was measured.
+
+    server: a `RemoteRetriever` (`retrodb serve`) to take the neighbours from instead
+    of the precomputed set; the validation tokens still come from `db`."""
     from ..stores.split import load_split
     from ..stores.tokens import TokenStore
     from .runs import latest_step, load_run, run_dir, write_json
@@ -173,7 +176,13 @@ def evaluate_run(db, run: str, max_sequences: int = 0, overlap_alpha: float = 0.
     retro = model.config.retrieval
     name = neighbours or tcfg["neighbours"]
     table = None
-    if retro or neighbours or (db.neighbours(name) / "manifest.json").exists():
+    if server is not None:
+        from ..query.client import RemoteNeighbours
+
+        local = (db.neighbours(name) / "manifest.json").exists()
+        table = RemoteNeighbours(server, neighbour_table(db, name).k if local else 2)
+        name = f"{server.url} ({name})"
+    elif retro or neighbours or (db.neighbours(name) / "manifest.json").exists():
         table = neighbour_table(db, name)  # a baseline: only to bucket by leakage
     val = Sequences(db, split, "val", tcfg["seq_chunks"], TokenStore(db), table)
     if len(val) == 0:
