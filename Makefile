@@ -46,4 +46,4 @@ bench-embed: install
 	$(BIN)/python benchmarks/bench_embed.py --copies 3 --rounds 3
 
 clean:
-	rm -rf $(DEMO_DB) .pytest_cache
+	rm -rf $(DEMO_DB) $(DEMO_DB).tokenizer.json .pytest_cache

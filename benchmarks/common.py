@@ -100,10 +100,14 @@ class Result:
         self.measures: list[Measure] = []
         self.facts: dict = {}  # other figures the notes quote
         self.notes: list[str] = []  # prose; every number in it is a {fact} or a measure
+        self.tables: list[dict] = []  # {"title", "columns", "rows"}: figures as measured
         self.started = time.time()
         self.load_before = os.getloadavg()
         self.commit = git("rev-parse", "HEAD")
         self.dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+
+    def table(self, title: str, columns: list[str], rows: list[list]) -> None:
+        self.tables.append({"title": title, "columns": columns, "rows": rows})
 
     def add(self, m: Measure) -> Measure:
         self.measures.append(m)
@@ -123,7 +127,7 @@ class Result:
                         "load_after": os.getloadavg()},
             "versions": versions(),
             "measures": [m.to_dict() for m in self.measures],
-            "facts": self.facts, "notes": self.notes,
+            "facts": self.facts, "notes": self.notes, "tables": self.tables,
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{self.name}.json"

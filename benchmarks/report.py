@@ -107,6 +107,10 @@ def section(r: dict) -> str:
                      f" | {', '.join(fmt(v) for v in o['rounds'])} | {b['label']}: "
                      f"{fmt(median(b['rounds']))} {x['unit']} | "
                      f"{', '.join(fmt(v) for v in b['rounds'])} | {ratio(x)} |")
+    for t in r.get("tables", []):
+        lines += ["", f"{t['title']}:", "", "| " + " | ".join(t["columns"]) + " |",
+                  "|" + "---|" * len(t["columns"])]
+        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in t["rows"]]
     facts = {k: fmt(v) if isinstance(v, (int, float)) else v for k, v in r["facts"].items()}
     notes = [n.format(**facts) for n in r["notes"]]
     notes += [f"{x['name']}: {x['note'].format(**facts)}" for x in r["measures"] if x["note"]]

@@ -40,6 +40,13 @@ def chunk_cli(
                                "'strict' (stop with an error)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count malformed JSONL"
                                   " lines instead of stopping."),
+    exclude: List[str] = typer.Option([], "--exclude", help="Skip inputs whose path "
+                                      "relative to --root matches this pattern ('*' "
+                                      "crosses '/'; repeat for more).", show_default=False),
+    text_suffix: List[str] = typer.Option([], "--text-suffix", help="Also read files "
+                                          "ending so as plain text, one document each "
+                                          "(repeat: --text-suffix .py --text-suffix .md).",
+                                          show_default=False),
     json_out: bool = JSON,
 ):
     """Tokenise and chunk corpora into the database's chunk shards.
@@ -58,9 +65,9 @@ def chunk_cli(
     cfg = ChunkConfig(
         chunk_size=chunk_size, split_size=parse_size(split_size, "--split-size"),
         workers=workers, executor=executor, ray_address=ray_address, tokenizer=tokenizer,
-        root=root, reader=ReaderOptions(doc_separator=sep, text_field=text_field,
-                                        text_column=text_column, errors=errors,
-                                        skip_bad=skip_bad))
+        root=root, text_suffixes=tuple(text_suffix), exclude=tuple(exclude),
+        reader=ReaderOptions(doc_separator=sep, text_field=text_field,
+                             text_column=text_column, errors=errors, skip_bad=skip_bad))
     with Reporter() as bar:
         result = chunk_corpus(db, inputs, cfg, on_progress=bar.update, on_note=note)
     if json_out:

@@ -21,11 +21,17 @@ app = typer.Typer(
 
 DB_HELP = "Database directory or URL (with embeddings)."
 FACTORY_HELP = ("A faiss index_factory string with an IVF layer, e.g. "
-                "'OPQ32_128,IVF65536_HNSW32,PQ32' (default: chosen by autofaiss for the "
-                "number of vectors and --memory-budget).")
+                "'IVF65536_HNSW32,PQ96x4' (default: chosen by --chooser for the number of "
+                "vectors).")
+CHOOSER_HELP = ("Who picks the factory without --factory: 'rule' (retrodb's: ~4√n lists, "
+                "4-bit codes searched fast-scan) or 'autofaiss' (for the vector count and "
+                "--memory-budget).")
+KMEANS_HELP = ("The coarse quantizer's k-means: auto (two-level from 4096 lists, else "
+               "flat), flat or two-level; on the GPUs when faiss sees any.")
+REBUILD_HELP = "Remove the index and build a new one with these settings."
 BUDGET_HELP = ("Size the index may take (autofaiss's max_index_memory_usage); also caps "
                "the float32 training sample.")
-CODE_HELP = ("Largest PQ code per vector when autofaiss chooses (candidates are re-ranked "
+CODE_HELP = ("Largest PQ code per vector when the chooser picks (candidates are re-ranked "
              "with the exact keys, so larger codes buy little).")
 TRAIN_HELP = "Training sample size (default: 100 per list, at least 256 per PQ centroid)."
 WORKERS_HELP = "Processes adding parts in parallel."
@@ -38,7 +44,8 @@ QUERIES_HELP = "Chunks sampled as queries to measure recall against exact search
 
 def _config(factory=None, memory_budget="8G", train_size=None, workers=1, executor="local",
             ray_address=None, target_recall=0.9, candidates="0,40,100,250",
-            recall_queries=1000, seed=0, max_code_bytes=64, max_nprobe=4096):
+            recall_queries=1000, seed=0, max_code_bytes=64, max_nprobe=4096,
+            chooser="rule", kmeans="auto", rebuild=False):
     from retrodb.core.errors import RetrodbError
     from retrodb.stages.index import IndexConfig
 
@@ -51,7 +58,8 @@ def _config(factory=None, memory_budget="8G", train_size=None, workers=1, execut
                        workers=workers, executor=executor, ray_address=ray_address,
                        target_recall=target_recall, candidates=cands,
                        recall_queries=recall_queries, seed=seed,
-                       max_code_bytes=max_code_bytes, max_nprobe=max_nprobe)
+                       max_code_bytes=max_code_bytes, max_nprobe=max_nprobe,
+                       chooser=chooser, kmeans=kmeans, rebuild=rebuild)
 
 
 @app.callback()
@@ -60,6 +68,9 @@ def index_cli(
     ctx: typer.Context,
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
     factory: Optional[str] = typer.Option(None, help=FACTORY_HELP, show_default=False),
+    chooser: str = typer.Option("rule", help=CHOOSER_HELP),
+    kmeans: str = typer.Option("auto", help=KMEANS_HELP),
+    rebuild: bool = typer.Option(False, "--rebuild", help=REBUILD_HELP),
     memory_budget: str = typer.Option("8G", help=BUDGET_HELP),
     max_code_bytes: int = typer.Option(64, help=CODE_HELP),
     train_size: Optional[int] = typer.Option(None, help=TRAIN_HELP, show_default=False),
@@ -78,7 +89,7 @@ def index_cli(
     Each step resumes: a trained index is reused, only shards without a part are added
     (appended shards alone), and the merge is redone only when parts changed.
 
-    Example: retrodb index --db mydb --factory 'OPQ32_128,IVF4096,PQ32' --workers 2
+    Example: retrodb index --db mydb --factory 'IVF4096_HNSW32,PQ96x4' --workers 2
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -89,7 +100,7 @@ def index_cli(
         raise RetrodbError("--db: give the database directory, e.g. retrodb index --db mydb")
     cfg = _config(factory, memory_budget, train_size, workers, executor, ray_address,
                   target_recall, candidates, recall_queries, seed, max_code_bytes,
-                  max_nprobe)
+                  max_nprobe, chooser, kmeans, rebuild)
     with Reporter() as bar:
         result = build_index(db, cfg, on_progress=bar.update)
     report(result, json_out)
@@ -100,6 +111,9 @@ def index_cli(
 def train_cli(
     db: str = typer.Option(..., "--db", help=DB_HELP, show_default=False),
     factory: Optional[str] = typer.Option(None, help=FACTORY_HELP, show_default=False),
+    chooser: str = typer.Option("rule", help=CHOOSER_HELP),
+    kmeans: str = typer.Option("auto", help=KMEANS_HELP),
+    rebuild: bool = typer.Option(False, "--rebuild", help=REBUILD_HELP),
     memory_budget: str = typer.Option("8G", help=BUDGET_HELP),
     max_code_bytes: int = typer.Option(64, help=CODE_HELP),
     train_size: Optional[int] = typer.Option(None, help=TRAIN_HELP, show_default=False),
@@ -108,12 +122,13 @@ def train_cli(
 ):
     """Step 1: train the empty index on a uniform sample of the embeddings.
 
-    Example: retrodb index train --db mydb --factory 'IVF4096_HNSW32,PQ64'
+    Example: retrodb index train --db mydb --factory 'IVF4096_HNSW32,PQ96x4'
     """
     from retrodb.stages.index import train_index
 
     cfg = _config(factory, memory_budget, train_size, seed=seed,
-                  max_code_bytes=max_code_bytes)
+                  max_code_bytes=max_code_bytes, chooser=chooser, kmeans=kmeans,
+                  rebuild=rebuild)
     with Reporter() as bar:
         result = train_index(db, cfg, on_progress=bar.update)
     report(result, json_out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from .common import human_bytes, print_json, print_table, table, user_errors, write
@@ -14,8 +16,9 @@ def plan_cli(
                                  show_default=False),
     chunk_size: int = typer.Option(64, help="Tokens per chunk."),
     dim: int = typer.Option(384, help="Embedding dimension (all-MiniLM-L6-v2: 384)."),
-    factory: str = typer.Option("OPQ64_128,IVF4194304_HNSW32,PQ64",
-                                help="faiss factory string of the index."),
+    factory: Optional[str] = typer.Option(None, help="faiss factory string of the index "
+                                          "[default: what `retrodb index` would choose "
+                                          "for the size].", show_default=False),
     gpus: int = typer.Option(0, help="GPUs for embed and index training (0: the CPUs)."),
     cpus: int = typer.Option(64, help="CPU cores for chunk, index add and neighbours."),
     k: int = typer.Option(2, "-k", help="Neighbours per chunk."),

@@ -29,6 +29,13 @@ def tokenizer_cli(
                                                 show_default=False),
     text_field: str = typer.Option("text", help="JSON field holding the text (.jsonl)."),
     text_column: str = typer.Option("text", help="Column holding the text (.parquet)."),
+    exclude: List[str] = typer.Option([], "--exclude", help="Skip inputs whose path "
+                                      "relative to --root matches this pattern ('*' "
+                                      "crosses '/'; repeat for more).", show_default=False),
+    text_suffix: List[str] = typer.Option([], "--text-suffix", help="Also read files "
+                                          "ending so as plain text, one document each "
+                                          "(repeat: --text-suffix .py --text-suffix .md).",
+                                          show_default=False),
     json_out: bool = JSON,
 ):
     """Train a byte-level BPE tokenizer on a corpus, for `retrodb chunk --tokenizer`.
@@ -46,6 +53,7 @@ def tokenizer_cli(
     sep = doc_separator.encode().decode("unicode_escape") if doc_separator else None
     cfg = TokenizerConfig(vocab_size=vocab_size, sample_bytes=parse_size(sample, "--sample"),
                           min_frequency=min_frequency, root=root,
+                          text_suffixes=tuple(text_suffix), exclude=tuple(exclude),
                           reader=ReaderOptions(doc_separator=sep, text_field=text_field,
                                                text_column=text_column))
     with Reporter() as bar:

@@ -48,7 +48,7 @@ def test_sharded_add_and_merge_equal_one_in_ram_index(indexed_db):
     x = all_keys(indexed_db)
     ref = faiss.read_index(str(indexed_db / "index" / "trained.faiss"))
     ref.add_with_ids(x, np.arange(len(x), dtype=np.int64))
-    s = IndexSearcher(indexed_db, candidates=0)
+    s = IndexSearcher(indexed_db, candidates=0, fast=False)  # the on-disk lists as they are
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(s.index).invlists)
     assert isinstance(lists, faiss.OnDiskInvertedLists) and s.index.ntotal == len(x)
     for nprobe in (1, 4, 16):
@@ -57,6 +57,24 @@ def test_sharded_add_and_merge_equal_one_in_ram_index(indexed_db):
         d, i = s.search(x, 10, nprobe=nprobe, candidates=0)
         np.testing.assert_array_equal(i, i_ref)
         np.testing.assert_array_equal(d, d_ref)
+
+
+def test_searches_run_fast_scan_over_the_same_lists(indexed_db):
+    """The searcher repacks the merged 4-bit lists into fast-scan blocks in RAM: the
+    same vectors, near-identical rankings (fast-scan rounds its lookup tables to 8 bits)."""
+    x = all_keys(indexed_db)
+    fast = IndexSearcher(indexed_db, candidates=0)
+    plain = IndexSearcher(indexed_db, candidates=0, fast=False)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(fast.index))
+    assert isinstance(ivf, faiss.IndexIVFPQFastScan) and ivf.ntotal == len(x)
+    _, i_fast = fast.search(x, 10, nprobe=16, candidates=0)
+    _, i_plain = plain.search(x, 10, nprobe=16, candidates=0)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i_fast, i_plain)])
+    assert overlap >= 0.95
+    # re-ranked with the exact keys, both give the exact scores of what they found
+    s_fast, r_fast = fast.search(x, 10, nprobe=16, candidates=40)
+    got = np.einsum("qkd,qd->qk", x[np.maximum(r_fast, 0)], x)
+    np.testing.assert_allclose(s_fast, got, rtol=1e-5, atol=1e-5)
 
 
 def test_recall_at_chosen_operating_point_reaches_target(indexed_db):
@@ -174,23 +192,43 @@ def test_appended_shards_are_added_alone(fake_db, tmp_path):
 
 
 def test_autofaiss_choice_for_vector_counts():
-    assert choose_factory(874, 384, "8G")[0] == "IVF1,Flat"
-    key, how = choose_factory(5_000, 384, "8G")
+    def auto(*a, **kw):
+        return choose_factory(*a, chooser="autofaiss", **kw)
+
+    assert auto(874, 384, "8G")[0] == "IVF1,Flat"
+    key, how = auto(5_000, 384, "8G")
     assert key == "IVF128,Flat" and "lowered" in how  # 39 × 128 ≤ 5000
-    key, how = choose_factory(51_000, 384, "8G")  # codes capped at 64 B (re-ranked)
+    key, how = auto(51_000, 384, "8G")  # codes capped at 64 B (re-ranked)
     assert key == "OPQ64_448,IVF1024_HNSW32,PQ64x8" and "codes ≤ 64 B" in how
-    key, _ = choose_factory(51_000, 384, "8G", max_code_bytes=256)  # autofaiss alone
+    key, _ = auto(51_000, 384, "8G", max_code_bytes=256)  # autofaiss alone
     assert key == "OPQ256_512,IVF1024_HNSW32,PQ256x8"
-    key, _ = choose_factory(51_000, 384, "1500K")  # ~30 B/vector: the budget decides
+    key, _ = auto(51_000, 384, "1500K")  # ~30 B/vector: the budget decides
     assert key.endswith(",PQ16x8")
     with pytest.raises(RetrodbError, match="--memory-budget 1M: too small for 10,000,000"):
-        choose_factory(10_000_000, 384, "1M")
+        auto(10_000_000, 384, "1M")
+
+
+def test_retrodb_rule_for_vector_counts():
+    """~4√n lists (≥ 39 training vectors each), HNSW from 1,024 lists, one 4-bit
+    sub-quantizer per 4 dimensions, codes within --max-code-bytes."""
+    assert choose_factory(874, 32, "8G")[0] == "IVF16,PQ8x4"
+    assert choose_factory(1_200_000, 384, "8G")[0] == "IVF4096_HNSW32,PQ96x4"
+    assert choose_factory(30_000_000_000, 384, "2T")[0] == "IVF524288_HNSW32,PQ96x4"
+    assert choose_factory(1_000_000, 768, "8G")[0] == "IVF4096_HNSW32,PQ128x4"  # 64 B cap
+    assert choose_factory(1_000_000, 384, "8G", max_code_bytes=16)[0].endswith(",PQ32x4")
+    with pytest.raises(RetrodbError, match="--memory-budget 1M: 1,000,000 vectors need"):
+        choose_factory(1_000_000, 384, "1M")
 
 
 def test_default_factory_on_the_example_corpus(fake_db):
     r = build_index(fake_db, IndexConfig(recall_queries=100))
-    assert r.factory == "IVF1,Flat" and r.chosen_by.startswith("autofaiss")
-    assert r.recall["chosen"]["recall@10"] == 1.0  # one list, flat codes: exact
+    assert r.factory == "IVF16,PQ8x4" and r.chosen_by.startswith("retrodb rule")
+    assert r.recall["reached"] and r.recall["chosen"]["recall@10"] >= 0.9
+    t = manifest(fake_db).data["trained"]
+    assert t["kmeans"] == "flat" and t["layout"] == 2
+    r = build_index(fake_db, IndexConfig(recall_queries=100, chooser="autofaiss",
+                                         rebuild=True))
+    assert r.trained and r.factory == "IVF1,Flat"  # --rebuild replaced it
 
 
 def test_pinned_versions_and_the_faiss_behaviour_relied_on():
@@ -236,7 +274,7 @@ def test_dimension_mismatch_between_index_and_embeddings(fake_db):
                         r"parse index string"),
     ("IVF8,PQ7x8", r"--factory 'IVF8,PQ7x8': faiss rejects it \("),
     ("HNSW32", r"not an IVF index"),
-    ("IVF8,PQ8x4fs", r"cannot be merged on disk"),
+    ("IVF8,PQ8x4fs", r"cannot be sharded and merged on disk; give plain 4-bit PQ"),
     ("IVF1024,PQ8x4", r"at least 39 × 1024 lists = 39,936 training vectors, the sample "
                       r"has 874"),
     ("IVF8,PQ4x8", r"at least 39 × 256 codebook centroids = 9,984 training vectors"),

@@ -16,7 +16,9 @@ def test_plan_for_the_paper_scale():
     assert p["chunks"] == pytest.approx(3.125e10)
     by = {s["stage"]: s for s in p["stages"]}
     assert by["embed"]["bytes"] == pytest.approx(3.125e10 * 384 * 2)  # float16 keys
-    assert by["index add"]["bytes"] == pytest.approx(3.125e10 * (64 + 8))  # PQ64 + id
+    # the default is `retrodb index`'s rule: 2^19 lists, 96 × 4-bit codes (48 B) + id
+    assert p["factory"] == "IVF524288_HNSW32,PQ96x4"
+    assert by["index add"]["bytes"] == pytest.approx(3.125e10 * (48 + 8))
     tps = rates["chunk_tokens_per_cpu_s"]["value"]
     assert by["chunk"]["device_hours"] == pytest.approx(2e12 / tps / 3600)
     assert by["chunk"]["hours"] == pytest.approx(2e12 / tps / 3600 / 512)
@@ -48,3 +50,23 @@ def test_factory_parsing_and_errors():
         plan(PlanConfig(tokens=1e9, factory="Flat"))
     with pytest.raises(RetrodbError, match="--tokens"):
         plan(PlanConfig(tokens=0))
+
+
+def test_index_training_reaches_the_paper_scale_in_a_day():
+    """Two-level k-means (√nlist groups, then each into its share): at 2e12 tokens the
+    default index trains within 24 h on 64 CPUs, and Megatron's 4.2M-list index too;
+    flat k-means of 4.2M lists would not."""
+    rates = load_rates()
+    for factory in (None, "IVF4194304_HNSW32,PQ64"):
+        p = plan(PlanConfig(tokens=2e12, cpus=64, factory=factory), rates)
+        train = {s["stage"]: s for s in p["stages"]}["index train"]
+        assert train["hours"] <= 24 and "two-level" in train["how"], train
+        nlist, n = p["nlist"], p["index_train_vectors"]
+        units = n * (nlist ** 0.5 + nlist / nlist ** 0.5) * 384
+        per = rates["kmeans2_core_s_per_unit"]["value"]
+        assert train["device_hours"] == pytest.approx(units * per / 3600)
+    flat_hours = 4.19e8 * 4194304 * 384 * rates["kmeans_core_s_per_unit"]["value"] / 3600
+    assert flat_hours / 64 > 24
+    # on 8 GPUs, within 4 h
+    p = plan(PlanConfig(tokens=2e12, gpus=8, factory="IVF4194304_HNSW32,PQ64"), rates)
+    assert {s["stage"]: s for s in p["stages"]}["index train"]["hours"] <= 4

@@ -34,8 +34,16 @@ def test_open_query_info_and_verify(v1db):
     assert info["stages"]["chunks"]["rows"] == 211 and info["stages"]["index"]["merged"]
     rep = verify(v1db, sample=1.0)
     assert rep.ok, rep.findings
-    # its chunk shards record absolute inputs (format 1): not recomputed, and said so
+    # its chunk shards record absolute inputs (format 1): not recomputed, and said so;
+    # its neighbour set was searched by the earlier release's search: the same
     assert any("format 1" in f.message for f in rep.findings)
+    assert any("computed by an earlier retrodb" in f.message for f in rep.findings)
+    # its index (2-bit codes, no layout record) is searched as it is, and `retrodb
+    # index` says how to get the current default
+    from retrodb.stages.index import IndexConfig, build_index
+
+    notes = build_index(v1db, IndexConfig()).notes
+    assert any("--rebuild" in n and "earlier retrodb" in n for n in notes), notes
 
 
 def test_later_stages_read_it_and_appending_is_refused(v1db, corpus_files):

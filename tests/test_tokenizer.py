@@ -122,3 +122,31 @@ def test_chunking_into_a_database_of_another_tokenizer_names_both(trained, corpu
     assert p.returncode == 2
     assert "'tok'" in p.stderr and "'all-MiniLM-L6-v2'" in p.stderr
     assert sorted(p.name for p in (db / "chunks").iterdir()) == before
+
+
+def test_source_files_by_text_suffix(tmp_path, trained):
+    """--text-suffix .py reads Python sources as plain text, one document each."""
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "mod.py").write_text("def f(x):\n\treturn x  # tab\r\n")
+    (src / "README.md").write_text("# not read\n")
+    db = tmp_path / "db"
+    p = run("chunk", str(src), "--db", str(db), "--root", str(src), "--tokenizer",
+            str(trained[0]), "--text-suffix", ".py", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["docs"] == 1
+    assert read_chunks(db).to_pydict()["text"] == ["def f(x):\n\treturn x  # tab\r\n"]
+    assert read_docs(db).to_pydict()["source"] == ["pkg/mod.py"]
+    p = run("chunk", str(src), "--db", str(tmp_path / "db2"), "--text-suffix", "py")
+    assert p.returncode == 2 and "--text-suffix 'py'" in p.stderr
+
+
+def test_exclude_patterns_skip_inputs(tmp_path, corpus):
+    p = run("chunk", str(corpus), "--db", str(tmp_path / "db"), "--root", str(corpus),
+            "--exclude", "tutorial/*", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["docs"] == 1  # howto/unicode.rst.txt only
+    p = run("chunk", str(corpus), "--db", str(tmp_path / "db2"), "--root", str(corpus),
+            "--exclude", "*")
+    assert p.returncode == 2 and "--exclude" in p.stderr
+    assert not (tmp_path / "db2").exists()

@@ -31,6 +31,10 @@ DEFAULTS: dict[str, tuple[float, str]] = {
     "add_vectors_per_cpu_s": (2e4, "estimate"),
     "kmeans_core_s_per_unit": (170 * 2 / (200_000 * 4096 * 384),
                                "measured: 4096 lists on 200k × 384-d in 170 s, 2 cores"),
+    # two-level k-means: per vector × (√nlist + nlist/√nlist) × dim
+    "kmeans2_core_s_per_unit": (1.5 * 170 * 2 / (200_000 * 4096 * 384),
+                                "estimate: flat k-means' rate, 1.5× for the smaller "
+                                "second-level problems"),
     "gpu_core_equivalents": (200, "estimate: faiss GPU k-means vs one core"),
     "search_queries_per_cpu_s": (500, "estimate"),
 }
@@ -53,7 +57,7 @@ class PlanConfig:
     tokens: float  # --tokens: corpus size in tokens (the paper: 2e12)
     chunk_size: int = 64  # --chunk-size (the paper: 64)
     dim: int = 384  # --dim: embedding dimension (all-MiniLM-L6-v2: 384)
-    factory: str = "OPQ64_128,IVF4194304_HNSW32,PQ64"  # --factory (Megatron's 19B index)
+    factory: str | None = None  # --factory; None = `retrodb index`'s rule for the size
     gpus: int = 0  # --gpus: GPUs for embed and k-means
     cpus: int = 64  # --cpus: CPU cores for chunk, index add and neighbours
     k: int = 2  # -k: neighbours per training chunk (the paper: 2)
@@ -79,7 +83,14 @@ class PlanConfig:
             raise RetrodbError(f"--hours {self.hours}: must be a positive number")
         if not (math.isfinite(self.split_mb) and self.split_mb > 0):
             raise RetrodbError(f"--split-size {self.split_mb}: must be positive")
-        parse_factory(self.factory)
+        if self.factory is not None:
+            parse_factory(self.factory)
+
+
+def _rule(n: int, dim: int) -> str:
+    from ..stages.index.factory import rule_factory
+
+    return rule_factory(n, dim)[0]
 
 
 def parse_factory(factory: str) -> tuple[int, int]:
@@ -114,14 +125,19 @@ def plan(cfg: PlanConfig, rates: dict | None = None) -> dict[str, Any]:
     cfg.validate()
     r = {k: v["value"] for k, v in (rates or load_rates()).items()}
     n = cfg.tokens / cfg.chunk_size
-    nlist, code = parse_factory(cfg.factory)
+    factory = cfg.factory or _rule(int(n), cfg.dim)
+    nlist, code = parse_factory(factory)
     train_n = min(n, cfg.train_points_per_list * nlist)
+    two_level = nlist >= 4096  # what `retrodb index --kmeans auto` does
+    top = math.sqrt(nlist)
+    km_units = train_n * ((top + nlist / top) if two_level else nlist) * cfg.dim
     bytes_per_token = 4.0  # English text in a BERT WordPiece: ~4 bytes a token
     shards = max(1, math.ceil(cfg.tokens * bytes_per_token / (cfg.split_mb * 2 ** 20)))
     gpu = cfg.gpus > 0
     coord = r["chunk_coordinator_s_per_shard"]
     emb_rate = r["embed_chunks_per_gpu_s"] if gpu else r["embed_chunks_per_cpu_s"]
-    km_rate = 1 / (r["kmeans_core_s_per_unit"] * (r["gpu_core_equivalents"] if gpu else 1))
+    km_per = r["kmeans2_core_s_per_unit" if two_level else "kmeans_core_s_per_unit"]
+    km_rate = 1 / km_per * (r["gpu_core_equivalents"] if gpu else 1)
     stages = [
         _stage("chunk", cfg.tokens, "tokens", r["chunk_tokens_per_cpu_s"], "CPU", cfg.cpus,
                cfg.cores_per_machine, cfg, n * r["chunk_bytes_per_chunk"],
@@ -132,10 +148,13 @@ def plan(cfg: PlanConfig, rates: dict | None = None) -> dict[str, Any]:
                cfg.gpus_per_machine if gpu else cfg.cores_per_machine, cfg, n * cfg.dim * 2,
                f"{n:.3g} chunks / {emb_rate:.3g} per device-s; float16 {cfg.dim}-d",
                shards, coord),
-        _stage("index train", train_n * nlist * cfg.dim, "units", km_rate,
+        _stage("index train", km_units, "units", km_rate,
                "GPU" if gpu else "CPU", cfg.gpus if gpu else cfg.cpus,
                cfg.gpus_per_machine if gpu else cfg.cores_per_machine, cfg,
-               nlist * cfg.dim * 4, f"k-means of {nlist:,} lists on {train_n:.3g} vectors"),
+               nlist * cfg.dim * 4,
+               f"{'two-level' if two_level else 'flat'} k-means of {nlist:,} lists on "
+               f"{train_n:.3g} vectors" + (f" ({round(top):,} groups, then each into "
+                                           f"~{round(nlist / top):,})" if two_level else "")),
         _stage("index add", n, "vectors", r["add_vectors_per_cpu_s"], "CPU", cfg.cpus,
                cfg.cores_per_machine, cfg, n * code,
                f"{shards:,} parts in parallel; {code} B/vector (codes + id)", shards, coord),
@@ -144,7 +163,7 @@ def plan(cfg: PlanConfig, rates: dict | None = None) -> dict[str, Any]:
                f"{n:.3g} queries, k={cfg.k}: 8 B id + 4 B score each", shards, coord),
     ]
     return {
-        "tokens": cfg.tokens, "chunks": n, "shards": shards, "factory": cfg.factory,
+        "tokens": cfg.tokens, "chunks": n, "shards": shards, "factory": factory,
         "nlist": nlist, "index_train_vectors": train_n, "stages": stages,
         "total_bytes": sum(s["bytes"] for s in stages),
         "total_hours": sum(s["hours"] for s in stages),

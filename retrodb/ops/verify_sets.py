@@ -82,6 +82,13 @@ def check_neighbours(db: Database, d, rep: VerifyReport, checksums: bool,
                                   "`retrodb neighbours`)")
         return
     entries = [e for e in m.shards if e.get("index_sha256") == current]
+    from ..stages.neighbours.config import SEARCH
+
+    if entries and m.data.get("search") != SEARCH:
+        rep.add("warning", stage, "shards not recomputed: computed by an earlier retrodb, "
+                                  "whose search ranks differently; rerun `retrodb "
+                                  f"neighbours --set {d.name}` in a new set to redo them")
+        entries = []
     if sample > 0 and entries:
         try:
             _recompute(db, m, stage, sample, seed, rep, entries)

@@ -26,7 +26,8 @@ from typing import Iterator
 from ..core.errors import RetrodbError
 from ..core.progress import Progress, ProgressFn
 from .chunk.documents import PieceReader
-from .chunk.inputs import InputFile, discover_inputs, input_loc, plan_splits
+from .chunk.inputs import (InputFile, check_text_suffixes, discover_inputs, input_loc,
+                           plan_splits)
 from .chunk.readers import DOC_END, DocStart, ReaderOptions
 
 BLOCK = 16 << 20  # bytes per sampled block of input
@@ -43,6 +44,8 @@ class TokenizerConfig:
     min_frequency: int = 2  # --min-frequency: a merge must occur this often
     root: str = "."  # --root: as for chunk (inputs are named relative to it)
     reader: ReaderOptions = field(default_factory=ReaderOptions)
+    text_suffixes: tuple[str, ...] = ()  # --text-suffix: as for chunk
+    exclude: tuple[str, ...] = ()  # --exclude: as for chunk
 
     def validate(self) -> None:
         if self.vocab_size < MIN_VOCAB:
@@ -53,6 +56,7 @@ class TokenizerConfig:
                                "paper's tokenizer has 128k")
         if self.sample_bytes < 1 << 16:
             raise RetrodbError(f"--sample {self.sample_bytes}: at least 64K of text")
+        check_text_suffixes(self.text_suffixes)
         if self.min_frequency < 1:
             raise RetrodbError(f"--min-frequency {self.min_frequency}: must be 1 or more")
 
@@ -165,7 +169,8 @@ def train_tokenizer(paths: list[str], out: str, cfg: TokenizerConfig = Tokenizer
     t0 = time.time()
     cfg.validate()
     target = out_path(out)
-    files = discover_inputs(paths, cfg.root)  # every input is checked before training
+    files = discover_inputs(paths, cfg.root, cfg.text_suffixes,  # checked before training
+                            cfg.exclude)
     pieces, total = sample_pieces(files, cfg.sample_bytes, cfg.reader.doc_separator)
     texts = _Texts(cfg, pieces, files, total, on_progress)
     tok = new_tokenizer()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ...core.errors import RetrodbError
 from ...exec.executors import ExecutorSpec
+from .inputs import check_text_suffixes
 from .readers import ReaderOptions
 
 DEFAULT_CHUNK_SIZE = 64
@@ -28,6 +29,10 @@ class ChunkConfig:
     # the database never records this machine's absolute paths
     root: str = "."
     reader: ReaderOptions = field(default_factory=ReaderOptions)
+    # --text-suffix: other file name endings read as plain text (e.g. ".py", ".md")
+    text_suffixes: tuple[str, ...] = ()
+    # --exclude: input keys (paths relative to --root) matching these patterns are skipped
+    exclude: tuple[str, ...] = ()
     # Tokeniser batch: ~256k characters per encode_batch call keeps the Rust batch busy
     # while bounding memory.
     item_chars: int = 1 << 18
@@ -49,6 +54,7 @@ class ChunkConfig:
         self.executor_spec.validate()
         if self.reader.errors not in ("strict", "replace"):
             raise RetrodbError(f"--errors {self.reader.errors}: use strict or replace")
+        check_text_suffixes(self.text_suffixes)
         if self.reader.doc_separator == "":
             raise RetrodbError("--doc-separator: must not be empty")
 

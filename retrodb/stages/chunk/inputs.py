@@ -1,7 +1,9 @@
 """Corpus inputs and how they are cut into splits, the chunk stage's units of work.
 
 Inputs are files, directories (recursive), globs or URLs (`s3://bucket/corpus/`) of
-`.txt`, `.jsonl` and `.parquet`; `.txt`/`.jsonl` may be `.gz` or `.zst`. Each input is
+`.txt`, `.jsonl` and `.parquet`; `.txt`/`.jsonl` may be `.gz` or `.zst`; names ending in
+a `--text-suffix` (e.g. `.py`) are plain text too; keys matching an `--exclude` pattern
+(fnmatch, `*` crosses `/`) are left out. Each input is
 recorded by its *key*: its path relative to `--root` (default: the current directory),
 or its URL; never this machine's absolute path, so a database can move.
 
@@ -16,6 +18,7 @@ documents, one per piece, cut at line starts.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import math
 import os
@@ -65,8 +68,12 @@ class Piece:
         return Piece(d["input"], d["start"], d["end"], d["size"], d["format"])
 
 
-def input_format(name: str) -> str | None:
+def input_format(name: str, text: tuple[str, ...] = ()) -> str | None:
+    """.txt, .jsonl or .parquet; a name ending in one of `text` (--text-suffix, e.g.
+    .py) is read as plain text."""
     name = name.lower()
+    if text and name.endswith(tuple(t.lower() for t in text)):
+        return ".txt"
     for suffix in sorted(FORMATS, key=len, reverse=True):
         if name.endswith(suffix):
             return FORMATS[suffix]
@@ -99,43 +106,58 @@ def _key(root: str, loc: Loc) -> str:
     return PurePosixPath(*Path(rel).parts).as_posix()
 
 
-def discover_inputs(paths: list[str], root: str = ".") -> list[InputFile]:
+def check_text_suffixes(suffixes: tuple[str, ...]) -> None:
+    bad = [t for t in suffixes if not t.startswith(".") or len(t) < 2]
+    if bad:
+        raise RetrodbError(f"--text-suffix {bad[0]!r}: give a file name ending that "
+                           "starts with a dot, e.g. --text-suffix .py")
+
+
+def discover_inputs(paths: list[str], root: str = ".", text: tuple[str, ...] = (),
+                    exclude: tuple[str, ...] = ()) -> list[InputFile]:
     """Expand files, directories (recursively), globs and URLs into a stable list."""
     if not paths:
         raise RetrodbError("no INPUT given; pass files, directories or globs to chunk")
     found: list[Loc] = []
     for arg in paths:
-        found += _expand(arg)
+        found += _expand(arg, text)
     out, seen = [], set()
     for loc in found:
         if loc.rel not in seen or loc.remote:
             seen.add(loc.rel)
-            st = loc.stat()
-            out.append(InputFile(loc, _key(root, loc), st.size, input_format(loc.name)))
+            key = _key(root, loc)
+            if exclude and any(fnmatch.fnmatchcase(key, pat) for pat in exclude):
+                continue
+            out.append(InputFile(loc, key, loc.stat().size, input_format(loc.name, text)))
+    if not out:
+        raise RetrodbError(f"{paths[0]}: every input matches an --exclude pattern "
+                           f"({', '.join(exclude)}); nothing to read")
     return out
 
 
-def _expand(arg: str) -> list[Loc]:
+def _expand(arg: str, text: tuple[str, ...] = ()) -> list[Loc]:
     if is_url(arg) and not arg.startswith("file://"):
-        return _expand_url(arg)
+        return _expand_url(arg, text)
     if arg.startswith("file://"):
         arg = arg[len("file://"):]
     _check_name(arg)
     p = Path(arg)
     if p.is_dir():
-        files = sorted(q for q in p.rglob("*") if q.is_file() and input_format(q.name))
+        files = sorted(q for q in p.rglob("*") if q.is_file() and input_format(q.name, text))
         if not files:
             raise RetrodbError(f"{arg}: directory holds no .txt, .jsonl or .parquet "
-                               "files (optionally .gz/.zst)")
+                               "files (optionally .gz/.zst); --text-suffix .py (say) "
+                               "reads other text files")
         return [_local(q) for q in files]
     if p.is_file():
-        if input_format(p.name) is None:
+        if input_format(p.name, text) is None:
             raise RetrodbError(f"{arg}: unsupported input type; use .txt, .jsonl or "
-                               ".parquet (.txt/.jsonl may be .gz or .zst)")
+                               ".parquet (.txt/.jsonl may be .gz or .zst), or name its "
+                               "suffix with --text-suffix")
         return [_local(p)]
     if any(c in arg for c in "*?["):
         files = sorted(Path(q) for q in glob.glob(arg, recursive=True))
-        files = [q for q in files if q.is_file() and input_format(q.name)]
+        files = [q for q in files if q.is_file() and input_format(q.name, text)]
         if not files:
             raise RetrodbError(f"{arg}: pattern matches no .txt, .jsonl or .parquet files")
         return [_local(q) for q in files]
@@ -158,16 +180,16 @@ def _local(p: Path) -> Loc:
     return Loc(_FS_ROOT, str(p.resolve()).lstrip("/"))
 
 
-def _expand_url(url: str) -> list[Loc]:
+def _expand_url(url: str, text: tuple[str, ...] = ()) -> list[Loc]:
     base = _url_loc(url.split("*")[0].rsplit("/", 1)[0] if "*" in url else url)
     st = base.stat()
     if st is not None:
-        if input_format(base.name) is None:
+        if input_format(base.name, text) is None:
             raise RetrodbError(f"{url}: unsupported input type; use .txt, .jsonl or "
                                ".parquet (.txt/.jsonl may be .gz or .zst)")
         return [base]
     pattern = url if "*" in url else None
-    files = [loc for loc in base.walk() if input_format(loc.name) and
+    files = [loc for loc in base.walk() if input_format(loc.name, text) and
              (pattern is None or PurePosixPath(str(loc)).match(pattern))]
     if not files:
         raise RetrodbError(f"{url}: no .txt, .jsonl or .parquet objects there")

@@ -307,7 +307,8 @@ def chunk_corpus(db_path, paths: list[str], cfg: ChunkConfig = ChunkConfig(),
     chunk_size = cfg.chunk_size
     if chunk_size is None:
         chunk_size = db.config()["chunk_size"] if db.exists() else DEFAULT_CHUNK_SIZE
-    files = discover_inputs(paths, cfg.root)  # everything is checked before any write
+    files = discover_inputs(paths, cfg.root, cfg.text_suffixes,  # checked before writing
+                            cfg.exclude)
     with db.creating(spec, chunk_size) as dbcfg:
         stage = ChunkStage(db, cfg, chunk_size, dbcfg["token_dtype"], files)
         rep = run_stage(stage, cfg.executor_spec, on_progress, on_note)

@@ -53,6 +53,14 @@ class IndexConfig:
     # also stops for a candidate count once doubling nprobe gains < 0.001 recall.
     max_nprobe: int = 4096
     seed: int = 0  # --seed: the training sample and the recall queries
+    # --chooser: who picks the factory without --factory: "rule" (retrodb's measured
+    # rule, factory.rule_factory) or "autofaiss" (for the vector count and budget)
+    chooser: str = "rule"
+    # --kmeans: the coarse quantizer's k-means: auto, flat or two-level (kmeans.py; on
+    # the GPUs when faiss sees any)
+    kmeans: str = "auto"
+    # --rebuild: remove the index and train a new one with these settings
+    rebuild: bool = False
     # vectors per faiss add()/search() call: bounds the float32 copy of float16 rows
     batch: int = 1 << 16
 
@@ -80,6 +88,10 @@ class IndexConfig:
             raise RetrodbError(f"--recall-queries {self.recall_queries}: must be positive")
         if self.max_nprobe <= 0:
             raise RetrodbError(f"--max-nprobe {self.max_nprobe}: must be positive")
+        if self.chooser not in ("rule", "autofaiss"):
+            raise RetrodbError(f"--chooser {self.chooser}: use rule or autofaiss")
+        if self.kmeans not in ("auto", "flat", "two-level"):
+            raise RetrodbError(f"--kmeans {self.kmeans}: use auto, flat or two-level")
         if self.batch <= 0:
             raise RetrodbError(f"batch {self.batch}: must be positive")
 

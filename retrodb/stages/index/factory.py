@@ -1,9 +1,13 @@
 """Choosing and building the empty faiss index, and the faiss facts retrodb relies on.
 
-Without `--factory`, autofaiss's `get_optimal_index_keys_v2` chooses parameters for the
-number of vectors and the memory budget (its own builder breaks on faiss ≥ 1.14.2, so
-faiss builds the index). Any `--factory` must have an IVF layer with plain inverted
-lists: the lists are what is sharded per part and merged on disk.
+Without `--factory`, retrodb's rule chooses (`rule_factory`): IVF lists ~4√n (an HNSW
+coarse quantizer from 1,024 lists) and 4-bit PQ codes of d/8 bytes, which the searcher
+repacks into faiss's fast-scan layout (benchmarks/bench_search.py measured it against
+ScaNN, HNSW and the other faiss layouts). `--chooser autofaiss` asks autofaiss's
+`get_optimal_index_keys_v2` instead, for the vector count and the memory budget (its
+own builder breaks on faiss ≥ 1.14.2, so faiss builds the index). Any `--factory` must
+have an IVF layer with plain inverted lists: the lists are what is sharded per part and
+merged on disk.
 """
 
 from __future__ import annotations
@@ -50,9 +54,30 @@ def min_train_points(info: dict) -> int:
     return MIN_POINTS_PER_CENTROID * max(info["nlist"], info["pq_ksub"], 1)
 
 
-def choose_factory(n: int, dim: int, budget: str, max_code_bytes: int = 64
-                   ) -> tuple[str, str]:
-    """(factory string, how it was chosen) for `n` vectors of `dim` under `budget`.
+def rule_factory(n: int, dim: int, max_code_bytes: int = 64) -> tuple[str, str]:
+    """retrodb's rule: (factory, how) for `n` unit vectors of dimension `dim`.
+
+    Lists: the power of two nearest 4√n (the faiss guidelines' range for 1M-1B
+    vectors), with at least 39 training vectors each; HNSW32 finds the nearest lists
+    from 1,024 lists on. Codes: 4-bit PQ with one sub-quantizer per 4 dimensions
+    (d/8 bytes: 48 B for 384-d), at most `max_code_bytes`: 4-bit codes are what
+    fast-scan searches 32 at a time in SIMD registers, and re-ranking with the exact
+    keys makes up for their coarseness."""
+    nlist = 2 ** max(0, round(np.log2(max(1.0, 4 * np.sqrt(n)))))
+    cap = 2 ** int(np.floor(np.log2(max(n // MIN_POINTS_PER_CENTROID, 1))))
+    nlist = max(1, min(nlist, cap))
+    coarse = f"IVF{nlist}_HNSW32" if nlist >= 1024 else f"IVF{nlist}"
+    limit = min(max(2, dim // 4), 2 * max_code_bytes)
+    m = max([x for x in range(2, limit + 1, 2) if dim % x == 0] or [1])
+    factory = f"{coarse},PQ{m}x4"
+    return factory, (f"retrodb rule for {n} vectors of dimension {dim}: {nlist} lists "
+                     f"(~4√n), {m}×4-bit codes ({m // 2} B, fast-scan)")
+
+
+def choose_factory(n: int, dim: int, budget: str, max_code_bytes: int = 64,
+                   chooser: str = "rule") -> tuple[str, str]:
+    """(factory string, how it was chosen) for `n` vectors of `dim` under `budget`:
+    retrodb's rule, or (chooser "autofaiss") autofaiss's choice, below.
 
     autofaiss's `get_optimal_index_keys_v2` with `should_be_memory_mappable` (an IVF:
     the lists are what retrodb merges on disk) and quantization forced
@@ -62,9 +87,16 @@ def choose_factory(n: int, dim: int, budget: str, max_code_bytes: int = 64
     largest PQ code under that. autofaiss only picks parameters here; faiss builds the
     index (autofaiss's own builder breaks on faiss ≥ 1.14.2, see DESIGN.md).
     """
+    budget_b = parse_size(budget, "--memory-budget")
+    if chooser == "rule":
+        factory, how = rule_factory(n, dim, max_code_bytes)
+        need = n * (max_code_bytes + 8)
+        if need > budget_b:
+            raise RetrodbError(f"--memory-budget {budget}: {n:,} vectors need ~{need:,} "
+                               "B of codes and ids to search in RAM; raise it")
+        return factory, how
     from autofaiss.external.optimize import get_optimal_index_keys_v2
 
-    budget_b = parse_size(budget, "--memory-budget")
     # 1% slack: autofaiss compares compression ratios, and equality must pass
     capped = min(budget_b, int(n * (max_code_bytes + 8) * 1.01))
     keys = get_optimal_index_keys_v2(n, dim, f"{capped}B", should_be_memory_mappable=True,
@@ -109,7 +141,8 @@ def make_index(factory: str, dim: int):
     if lists != "ArrayInvertedLists":
         raise RetrodbError(
             f"--factory {factory!r}: its inverted lists ({lists}, e.g. fast-scan 'fs' "
-            "codes) cannot be merged on disk; use plain PQ codes, e.g. PQ32 or PQ32x4")
+            "codes) cannot be sharded and merged on disk; give plain 4-bit PQ codes "
+            "instead (e.g. PQ48x4 for PQ48x4fs): retrodb searches them fast-scan")
     if ivf.metric_type != faiss_.METRIC_INNER_PRODUCT:  # pragma: no cover - faiss contract
         raise RetrodbError(f"--factory {factory!r}: faiss built a non-inner-product index")
     # Normalised keys: spherical k-means keeps the centroids on the unit sphere, where

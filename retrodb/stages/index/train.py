@@ -22,6 +22,16 @@ from ...stores.vectors import EmbeddingStore
 from .config import MIN_POINTS_PER_CENTROID, TRAINED, IndexConfig, IndexResult
 from .factory import (choose_factory, describe, faiss, faiss_message, make_index,
                       min_train_points)
+from .kmeans import coarse_method, train_coarse
+
+# 2: trained by this release (its rule, two-level k-means, fast-scan search). An index
+# without it was built by an earlier release: still searched, noted as such.
+LAYOUT = 2
+
+
+def pretransformed(index) -> bool:
+    f = faiss()
+    return isinstance(f.downcast_index(index), f.IndexPreTransform)
 
 
 def check_normalised(store: EmbeddingStore, sample: np.ndarray) -> None:
@@ -81,6 +91,10 @@ def reuse_trained(db: Database, store: EmbeddingStore, cfg: IndexConfig, t: dict
                            f"{embedder_key(store)!r}; remove {d} and rerun `retrodb index`")
     result.factory, result.chosen_by = t["factory"], t["chosen_by"]
     result.train_size = t["train_size"]
+    if t.get("layout") != LAYOUT:
+        result.notes.append(f"{d}: built by an earlier retrodb ({t['factory']}); it is "
+                            "still searched as it is; `retrodb index --rebuild` builds "
+                            "the current default (4-bit fast-scan codes: faster search)")
     if t["chosen_by"] != "--factory" and store.n > 10 * t["vectors"]:
         result.notes.append(f"the index was chosen for {t['vectors']:,} vectors and now "
                             f"holds {store.n:,}; remove {d} and rerun to choose a larger one")
@@ -111,10 +125,24 @@ def sample_size(cfg: IndexConfig, store: EmbeddingStore, info: dict, factory: st
     return size
 
 
+def forget(m: Manifest) -> None:
+    """Remove the trained index, every part and the merged index (--rebuild)."""
+    for e in list(m.shards):
+        for rec in entry_records(e):
+            m.path_of(rec["file"]).remove()
+        m.drop(e["shard"])
+    t, merged = m.data.get("trained"), m.data.get("merged")
+    m.record(None, trained=None, merged=None, recall=None)
+    for rec in ([t] if t else []) + ([merged, merged["ivfdata"]] if merged else []):
+        m.path_of(rec["file"]).remove()
+
+
 def train(db: Database, store: EmbeddingStore, cfg: IndexConfig, result: IndexResult,
           on_progress: ProgressFn | None) -> dict:
     """The trained index's record: reused when there is one, else trained now."""
     m = Manifest(db.index, "index")
+    if cfg.rebuild:
+        forget(m)
     t = m.data.get("trained")
     if t is not None and not m.bad_files(t, "size"):
         return reuse_trained(db, store, cfg, t, result)
@@ -123,12 +151,20 @@ def train(db: Database, store: EmbeddingStore, cfg: IndexConfig, result: IndexRe
         factory, chosen_by = cfg.factory, "--factory"
     else:
         factory, chosen_by = choose_factory(store.n, store.dim, cfg.memory_budget,
-                                            cfg.max_code_bytes)
+                                            cfg.max_code_bytes, cfg.chooser)
     index = make_index(factory, store.dim)
     info = describe(index)
+    method = coarse_method(cfg.kmeans, info["nlist"])
+    if method != "flat" and pretransformed(index):
+        if cfg.kmeans != "auto":
+            raise RetrodbError(f"--kmeans {method}: only for factories without a "
+                               f"transform before the IVF layer ({factory!r} has one, "
+                               "e.g. OPQ); use --kmeans flat or auto")
+        method = "flat"  # two-level clusters raw keys; OPQ rotates them first
     size = sample_size(cfg, store, info, factory)
     x = gather(store, store.sample_ids(size, cfg.seed), on_progress)
     check_normalised(store, x)
+    train_coarse(index, x, method, cfg.seed, on_progress)
     if on_progress:
         on_progress(Progress("train", 0, size, "vectors"))
     try:
@@ -145,7 +181,8 @@ def train(db: Database, store: EmbeddingStore, cfg: IndexConfig, result: IndexRe
     t = {**file_record(loc, TRAINED), "factory": factory, "chosen_by": chosen_by,
          "metric": "inner_product", "dim": store.dim, "train_size": size,
          "vectors": store.n, "seed": cfg.seed, "memory_budget": cfg.memory_budget,
-         "embedder": embedder_key(store), "seconds": round(time.time() - t0, 3), **info}
+         "embedder": embedder_key(store), "seconds": round(time.time() - t0, 3),
+         "kmeans": method, "layout": LAYOUT, **info}
     # A new trained index makes every part and merge from an older one meaningless.
     for e in list(m.shards):
         for rec in entry_records(e):

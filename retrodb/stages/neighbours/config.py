@@ -9,6 +9,10 @@ from ...core.errors import RetrodbError
 from ...exec.executors import ExecutorSpec
 
 STAGE = "neighbours"
+# The search a set's shards were computed with: 2 = fast-scan lists, widening that grows
+# the kept candidates and the probed lists, leakage on the predicted chunk. `verify`
+# recomputes only shards of the current search (an earlier one ranks differently).
+SEARCH = 2
 R_BINS = 20  # histogram of r = longest common token run / chunk size, in 0.05 steps
 SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -33,7 +33,7 @@ from ...stores.tokens import build_tokens
 from ...stores.vectors import EmbeddingStore
 from .calibrate import calibrate
 from .checks import index_identity, query_db, query_identity
-from .config import STAGE, NeighboursConfig, NeighboursResult
+from .config import SEARCH, STAGE, NeighboursConfig, NeighboursResult
 from .report import set_stats
 from .search import FilteredSearch
 
@@ -112,7 +112,7 @@ class NeighboursStage:
                 os.path.relpath(self.qdb.root.local(), self.db.root.local())
         m.record(None, k=cfg.k, settings=self.settings, index=self.ident,
                  nprobe=self.nprobe, candidates=self.candidates, recall=rec,
-                 queries_location=where)
+                 queries_location=where, search=SEARCH)
 
     def open_worker(self, env: WorkerEnv) -> "NeighboursWorker":
         return NeighboursWorker(self, env)

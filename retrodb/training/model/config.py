@@ -48,6 +48,10 @@ class RetroConfig:
 PRESETS: dict[str, dict] = {
     # seconds on a CPU: for tests
     "tiny": dict(d_model=64, n_layer=4, n_head=4, enc_layers=2, cca_start=2, cca_every=2),
+    # ~6M parameters with a 16k vocabulary (3M of them the tied embedding): shows
+    # retrieval's effect in about an hour on 2 CPU cores (BENCHMARKS.md, "RETRO vs its
+    # baseline"); CCA in layers 3 and 6, one encoder layer
+    "cpu": dict(d_model=192, n_layer=6, n_head=3, enc_layers=1, cca_start=3, cca_every=3),
     # ~25M parameters with a 30k vocabulary (10M of them the tied embedding): CPU-trainable
     "small": dict(d_model=320, n_layer=9, n_head=5, enc_layers=2, cca_start=6, cca_every=3),
     # the paper's 172M shape (Borgeaud et al., Table 8)
