@@ -29,16 +29,20 @@ corpus:
 demo: install corpus
 	PATH="$(abspath $(BIN)):$$PATH" sh examples/demo.sh $(DEMO_DB) "$$(cat $(CORPUS_CACHE)/PATH)"
 
-# Every benchmark; the index, neighbours and train ones run on the demo database
-# (`make demo` first: chunk, embed, index and neighbours of the Python docs).
+# Every benchmark, each writing benchmarks/results/NAME.json, then BENCHMARKS.md from them.
+# bench_retro builds its own database (Python docs + the standard library) under .cache;
+# bench_search needs one of >= 1M keys (benchmarks/real_corpus.py makes the text).
+BIG_DB ?= .cache/big/db
 bench: install corpus
-	$(BIN)/python benchmarks/bench_chunk.py --corpus "$$(cat $(CORPUS_CACHE)/PATH)" --copies 2
+	$(BIN)/python benchmarks/bench_chunk.py --corpus "$$(cat $(CORPUS_CACHE)/PATH)" --copies 2 --rounds 3
 	$(BIN)/python benchmarks/bench_embed.py --copies 3 --rounds 3
-	test -f $(DEMO_DB)/index/manifest.json || $(MAKE) demo
-	$(BIN)/python benchmarks/bench_index.py --db $(DEMO_DB) --workers 2 --out index-autofaiss.md
-	$(BIN)/python benchmarks/bench_neighbours.py --db $(DEMO_DB) -k 2
+	$(BIN)/python benchmarks/bench_retro.py
+	$(BIN)/python benchmarks/bench_neighbours.py --db .cache/retro/db
 	$(BIN)/python -m pip install -q --no-deps retro-pytorch==0.3.9 einops  # baseline only
-	$(BIN)/python benchmarks/bench_train.py --db $(DEMO_DB) --preset small --steps 300 --batch-size 4
+	$(BIN)/python benchmarks/bench_train.py --db .cache/retro/db
+	$(BIN)/python benchmarks/bench_search.py --db $(BIG_DB)
+	test -f $(DEMO_DB)/index/manifest.json || $(MAKE) demo
+	$(BIN)/python benchmarks/bench_serve.py --db $(DEMO_DB)
 	$(BIN)/python benchmarks/report.py
 
 # embed vs SentenceTransformer.encode on the same chunks (committed slice, 3 copies)

@@ -1,24 +1,22 @@
-"""Benchmark `retrodb neighbours` against the index's own search, in the same run.
+"""Benchmark `retrodb neighbours`: what filtering costs, against the index's own search.
 
-  - queries/s of the stage (read keys, search, filter, write shards) with 1 and 2
-    workers at the calibrated nprobe, vs one in-process `IndexSearcher.search` of the
-    same keys at the same nprobe and candidates, unfiltered (the baseline);
-  - cost of exclusion: candidates searched per query and queries/s with the own-
-    document and validation filters on vs off;
-  - the calibration: nprobe chosen, filtered recall vs exact, and its time.
-Writes benchmarks/results/neighbours.md and prints it.
+Contenders, interleaved round by round after a warm-up build of each, all at the
+nprobe and candidate count calibrated for the filtered set (the same operating point):
+  - filtered: the stage with its defaults (own document and validation documents
+    excluded; keys read, searched, filtered, shards written), 1 worker;
+  - unfiltered: the same stage with both exclusions off, 1 worker;
+  - 2 workers: the filtered stage with 2 worker processes;
+  - in-RAM search: one `IndexSearcher.search` call over every key (no filter, no
+    writes): the index's own speed.
+Neighbour sets are built in a scratch copy (hard links), so the database is untouched.
 
-The database must be indexed; neighbour sets are built in a scratch copy (hard links),
-so the database itself is not touched.
-
-Usage: python benchmarks/bench_neighbours.py --db DB [-k 2]
+Usage: python benchmarks/bench_neighbours.py --db DB [-k 2] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import Measure, Result, Side, interleave
 
 
 def scratch_copy(src: Path, dst: Path) -> Path:
@@ -36,8 +34,8 @@ def scratch_copy(src: Path, dst: Path) -> Path:
         except OSError:
             shutil.copy2(s, d)
     shutil.copytree(src, dst, copy_function=link,
-                    ignore=lambda d, names: ["neighbours", ".lock"] if Path(d) == src
-                    else [".lock"])
+                    ignore=lambda d, names: ["neighbours", "models", ".lock"]
+                    if Path(d) == src else [".lock"])
     return dst
 
 
@@ -45,83 +43,71 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", required=True, type=Path)
     ap.add_argument("-k", type=int, default=2)
-    ap.add_argument("--out", default="neighbours.md")
-    args = ap.parse_args()
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
 
-    import faiss
-
-    from retrodb.stores.searcher import IndexSearcher
     from retrodb.stages.neighbours import NeighboursConfig, build_neighbours
+    from retrodb.stores.searcher import IndexSearcher
     from retrodb.stores.vectors import EmbeddingStore
 
-    with tempfile.TemporaryDirectory(dir=args.db.parent) as tmp:
-        db = scratch_copy(args.db, Path(tmp) / "db")
-        # 1. calibration (and a first full build, not timed as throughput)
+    res = Result("neighbours", ["retrodb/stages/neighbours", "retrodb/stores/searcher.py"],
+                 "Neighbours: filtered search against unfiltered, and the index's own")
+    with tempfile.TemporaryDirectory(dir=a.db.parent) as tmp:
+        db = scratch_copy(a.db, Path(tmp) / "db")
         t = time.perf_counter()
-        cal = build_neighbours(db, NeighboursConfig(set="cal", k=args.k))
+        cal = build_neighbours(db, NeighboursConfig(set="cal", k=a.k))
         cal_s = time.perf_counter() - t
-        rec = cal.recall
-        nprobe = rec["nprobe"]
-        base = dict(k=args.k, nprobe=nprobe, recall_queries=0)
-        runs = {}
-        for name, extra in [("excl-1", dict(workers=1)), ("excl-2", dict(workers=2)),
-                            ("none-1", dict(workers=1, exclude_same_doc=False,
-                                            exclude_validation=False))]:
-            t = time.perf_counter()
-            r = build_neighbours(db, NeighboursConfig(set=name, **base, **extra))
-            runs[name] = (r.queries / (time.perf_counter() - t), r.stats)
-        # baseline: the index's own search of every key, one call, in RAM
+        nprobe, cand = cal.recall["nprobe"], cal.recall.get("candidates")
+        base = dict(k=a.k, nprobe=nprobe, candidates=cand, recall_queries=0)
         store = EmbeddingStore(db)
         xq = np.concatenate([b for _, b in store.blocks()])
-        s = IndexSearcher(db, nprobe=nprobe, store=store)
-        t = time.perf_counter()
-        s.search(xq, args.k)
-        base_qps = len(xq) / (time.perf_counter() - t)
-        n = store.n
-        cand = s.candidates
-        index_nprobe = IndexSearcher(db).nprobe
+        searcher = IndexSearcher(db, nprobe=nprobe, candidates=cand, store=store)
+        count = {"n": 0}
+        stats = {}
 
-    q1, st1 = runs["excl-1"]
-    q2, _ = runs["excl-2"]
-    q0, st0 = runs["none-1"]
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-               f"{platform.python_version()}, faiss {faiss.__version__}")
-    lines = [
-        "## neighbours",
-        "",
-        f"Database: {n:,} chunks (all queried), k = {args.k}; index operating point nprobe "
-        f"{index_nprobe} → calibrated for filtered search to nprobe {nprobe} "
-        f"(filtered recall@{args.k} {rec['recall']:.3f} vs exact filtered search on "
-        f"{rec['queries']:,} sampled chunks; sweep "
-        + ", ".join(f"{p['nprobe']}: {p[f'recall@{args.k}']:.3f}" for p in rec["points"])
-        + f"); {cand} candidates re-ranked. First build with calibration: {cal_s:.1f} s. "
-        f"Machine: {machine}. Command: `python benchmarks/bench_neighbours.py --db DB "
-        f"-k {args.k}`.",
-        "",
-        "| measure | ours | baseline (same run) | ratio |",
-        "|---|---|---|---|",
-        f"| queries/s, 1 worker, own document + validation excluded, shards written vs one "
-        f"in-RAM `IndexSearcher.search` of all keys (same nprobe, unfiltered) | {q1:,.0f} | "
-        f"{base_qps:,.0f} | {q1 / base_qps:.2f}× |",
-        f"| queries/s, 2 workers vs 1 worker | {q2:,.0f} | {q1:,.0f} | {q2 / q1:.2f}× |",
-        f"| queries/s, no exclusion (1 worker) vs the same baseline | {q0:,.0f} | "
-        f"{base_qps:,.0f} | {q0 / base_qps:.2f}× |",
-        f"| cost of exclusion: candidates searched per query, excluded vs not | "
-        f"{st1['searched_per_query']:.1f} | {st0['searched_per_query']:.1f} | "
-        f"{st1['searched_per_query'] / max(st0['searched_per_query'], 1e-9):.2f}× |",
-        f"| cost of exclusion: queries/s, excluded vs not | {q1:,.0f} | {q0:,.0f} | "
-        f"{q1 / q0:.2f}× |",
-        "",
-        f"Exclusion: {st1['dropped_same_doc']:,} same-document and "
-        f"{st1['dropped_validation']:,} validation candidates dropped; "
-        f"{st1['widened']:,} queries ({st1['widened'] / n:.1%}) searched again wider; "
-        f"{st1['short']:,} short of k.",
-        "",
-    ]
-    text = "\n".join(lines)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / args.out).write_text(text)
-    print(text)
+        def stage(name: str, **extra):
+            def run() -> float:
+                count["n"] += 1
+                t0 = time.perf_counter()
+                r = build_neighbours(db, NeighboursConfig(set=f"{name}-{count['n']}",
+                                                          **base, **extra))
+                stats[name] = r.stats
+                return r.queries / (time.perf_counter() - t0)
+            return run
+
+        def in_ram() -> float:
+            t0 = time.perf_counter()
+            searcher.search(xq, a.k)
+            return len(xq) / (time.perf_counter() - t0)
+
+        q = interleave({"filtered": stage("filtered", workers=1),
+                        "unfiltered": stage("unfiltered", workers=1, exclude_same_doc=False,
+                                            exclude_validation=False),
+                        "filtered2": stage("filtered2", workers=2), "in_ram": in_ram},
+                       a.rounds)
+    res.add(Measure("queries/s, filtered stage vs unfiltered stage (same nprobe, "
+                    "candidates; 1 worker; shards written by both)", "q/s",
+                    Side("own document + validation excluded", q["filtered"]),
+                    Side("no exclusion", q["unfiltered"])))
+    res.add(Measure("queries/s, filtered stage (1 worker) vs one in-RAM search call",
+                    "q/s", Side("retrodb neighbours", q["filtered"]),
+                    Side("IndexSearcher.search, unfiltered, nothing written", q["in_ram"])))
+    res.add(Measure("queries/s, 2 workers vs 1", "q/s", Side("2 workers", q["filtered2"]),
+                    Side("1 worker", q["filtered"])))
+    st = stats["filtered"]
+    threads = os.cpu_count()  # one in-process worker searches with every core
+    res.facts.update(n=store.n, k=a.k, nprobe=nprobe, candidates=cand,
+                     filtered_recall=cal.recall.get("recall"), calibration_s=round(cal_s, 1),
+                     searched_per_query=st["searched_per_query"],
+                     searched_per_query_unfiltered=stats["unfiltered"]["searched_per_query"],
+                     widened=st["widened"], short=st["short"],
+                     queries_per_core_s=float(np.median(q["filtered"])) / threads)
+    res.notes.append("{n} chunks queried, k = {k}, nprobe {nprobe} and {candidates} "
+                     "candidates (calibrated: filtered recall@k {filtered_recall}, "
+                     "{calibration_s} s); candidates searched per query {searched_per_query} "
+                     "filtered, {searched_per_query_unfiltered} unfiltered; {widened} "
+                     "queries searched again wider, {short} short of k.")
+    res.save()
 
 
 if __name__ == "__main__":

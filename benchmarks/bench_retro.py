@@ -131,7 +131,7 @@ def evaluate(a, db: Path, runs: list[str], log: list) -> dict:
     return {r["run"]: r for r in json.loads(out.read_text())}
 
 
-def report(a, info: dict, trained: dict, evals: dict, log: list) -> None:
+def report(a, info: dict, trained: dict, evals: dict, log: list, flops: dict) -> None:
     res = Result("retro", ["retrodb/training", "retrodb/stores/overlap.py",
                            "retrodb/stages/tokenizer.py"],
                  "RETRO vs its baseline: bits per byte on held-out documents")
@@ -175,6 +175,16 @@ def report(a, info: dict, trained: dict, evals: dict, log: list) -> None:
                      retrofit_at=a.retrofit_at, preset=a.preset, lr=a.lr,
                      retrieval_lr=a.retrieval_lr)
     res.facts["commands"] = log
+    for arm in ARMS:
+        res.facts[f"{arm}_pflop"] = round(flops[arm] / 1e15, 3)
+        res.facts[f"{arm}_gpu_min"] = round(flops[arm] / GPU_FLOPS / 60, 2)
+    res.notes.append(
+        "Compute per run (counted by torch, forward + backward): baseline "
+        "{baseline_pflop} PFLOP, RETRO {retro_pflop}, RETROfit {retrofit_pflop}; at an "
+        "assumed 50 TFLOP/s sustained on one GPU (a few percent of a current GPU's bf16 "
+        "peak, which a model this small cannot fill) that is {baseline_gpu_min}, "
+        "{retro_gpu_min} and {retrofit_gpu_min} minutes: an estimate, not a measurement "
+        "(no GPU was lent to this run).")
     res.notes += [
         "Corpus: the Python 3.11 documentation sources and the Python standard library's "
         "source files, {corpus_tokens} tokens in {corpus_chunks} chunks of a byte-level "
@@ -223,6 +233,39 @@ def plot(bpb: dict, seeds: list[int]) -> None:
                  "Validation bits per byte by leakage (mean, range over seeds)")
 
 
+GPU_FLOPS = 50e12  # assumed sustained FLOP/s of one data-centre GPU on a model this small
+
+
+def step_flops(db: Path, preset: str, batch: int, retrieval: bool, frozen: bool) -> float:
+    """FLOPs of one training step (forward + backward), counted by torch on a real batch;
+    a frozen decoder (RETROfit) still runs its forward and backpropagates through the
+    layers above the first CCA, which the count includes."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from retrodb.core.db import Database
+    from retrodb.stores.split import load_split
+    from retrodb.training.model import Retro, is_retrieval, preset_config
+    from retrodb.training.sequences import Sequences, neighbour_table
+    from retrodb.training.device import to_torch
+
+    d = Database(db)
+    cfg = d.config()
+    mc = preset_config(preset, cfg["tokenizer"]["vocab_size"], cfg["chunk_size"], retrieval)
+    seqs = Sequences(d, load_split(d), "train", 8,
+                     table=neighbour_table(d, "train") if retrieval else None)
+    model = Retro(mc)
+    if frozen:
+        for n, p in model.named_parameters():
+            p.requires_grad = is_retrieval(n)
+    t = to_torch(seqs.batch(np.arange(batch)), torch.device("cpu"))
+    with FlopCounterMode(display=False) as fc:
+        model(**t).backward()
+    return float(fc.get_total_flops())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "retro")
@@ -254,7 +297,11 @@ def main() -> None:
             trained[arm, s] = t
     evals = evaluate(a, db, [run_name(arm, s, a.steps) for s in a.seeds for arm in ARMS],
                      log)
-    report(a, info, trained, evals, log)
+    flops = {"baseline": a.steps * step_flops(db, a.preset, a.batch_size, False, False),
+             "retro": a.steps * step_flops(db, a.preset, a.batch_size, True, False)}
+    flops["retrofit"] = (a.retrofit_at * flops["baseline"] / a.steps + (a.steps - a.retrofit_at)
+                         * step_flops(db, a.preset, a.batch_size, True, True))
+    report(a, info, trained, evals, log, flops)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,8 @@ def rates(results: list[dict]) -> dict:
              "vectors added per core-second"),
             ("search", "kmeans_core_s_per_unit", "kmeans_core_s_per_unit",
              "k-means core-seconds per vector × list × dimension"),
+            ("search", "kmeans2_core_s_per_unit", "kmeans2_core_s_per_unit",
+             "two-level k-means core-seconds per vector × (√nlist + nlist/√nlist) × dim"),
             ("neighbours", "search_queries_per_cpu_s", "queries_per_core_s",
              "filtered neighbour queries per core-second")):
         if bench in by and fact in by[bench]["facts"]:

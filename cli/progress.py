@@ -24,12 +24,14 @@ def _hms(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _info(info: dict) -> str:
+def _info(info: dict, workers: dict | None = None) -> str:
     parts = []
     for k, v in info.items():
         if isinstance(v, float):
             v = f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e5 else f"{v:.4g}"
         parts.append(f"{k} {v}")
+    if workers:
+        parts.append("per worker " + ", ".join(f"{w} {int(n):,}" for w, n in workers.items()))
     return " · ".join(parts)
 
 
@@ -112,8 +114,8 @@ class Reporter:
         parts.append(f"{_hms(el)} elapsed")
         if p.total and rate and p.done < p.total:
             parts.append(f"ETA {_hms((p.total - p.done) / rate)}")
-        if p.info:
-            parts.append(_info(p.info))
+        if p.info or p.workers:
+            parts.append(_info(p.info, p.workers))
         err.print(" · ".join(parts), markup=False)
         st.printed = time.monotonic()
 
@@ -139,4 +141,4 @@ class Reporter:
             self.tasks[name] = self.rich.add_task(name, total=p.total or None,
                                                   amount=amount, info="")
         self.rich.update(self.tasks[name], completed=p.done, total=p.total or None,
-                         amount=amount, info=_info(p.info))
+                         amount=amount, info=_info(p.info, p.workers))

@@ -7,6 +7,7 @@ The table is mirrored in RELIABILITY.md.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -235,6 +236,47 @@ def truncated_neighbour_shards(tmp: Path, db: Path):
                                                      "cannot read"]
 
 
+def tokenizer_vocab_below_bytes(tmp: Path, db: Path):
+    return ["tokenizer", str(CORPUS), "--out", str(tmp / "tok.json"), "--vocab-size",
+            "200"], ["--vocab-size 200", "256"]
+
+
+def tokenizer_file_that_does_not_load(tmp: Path, db: Path):
+    bad = tmp / "broken.json"
+    bad.write_text('{"version": "1.0", "model": {"type": "BPE"')
+    return ["chunk", str(TEXT), "--db", str(db), "--tokenizer", str(bad)], [
+        "broken.json", "not a Hugging Face tokenizer.json"]
+
+
+def chunk_with_another_tokenizer(tmp: Path, db: Path):
+    from retrodb.stages.tokenizer import TokenizerConfig, train_tokenizer
+
+    train_tokenizer([str(CORPUS)], str(tmp / "mine.json"), TokenizerConfig(vocab_size=300))
+    return ["chunk", str(TEXT), "--db", str(db), "--tokenizer", str(tmp / "mine.json")], [
+        "tokenizer 'mine' differs from the database's 'all-MiniLM-L6-v2'"]
+
+
+def retrofit_from_another_decoder(tmp: Path, db: Path):
+    return ["train", "--db", str(db), "--run", "rf", "--preset", "cpu", "--retrofit", "t",
+            "--val-fraction", "0.3", "--steps", "1"], [
+        "--retrofit t: its decoder differs", "d_model 64 (here 192)"]
+
+
+def index_unmergeable_factory(tmp: Path, db: Path):
+    return ["index", "--db", str(db), "--rebuild", "--factory", "IVF8,PQ32x4fs"], [
+        "--factory 'IVF8,PQ32x4fs'", "cannot be sharded and merged on disk", "PQ48x4"]
+
+
+def index_kmeans_unknown(tmp: Path, db: Path):
+    return ["index", "--db", str(db), "--kmeans", "fastest"], ["--kmeans fastest",
+                                                               "auto, flat or two-level"]
+
+
+def chunk_text_suffix_without_dot(tmp: Path, db: Path):
+    return ["chunk", str(CORPUS), "--db", str(db), "--text-suffix", "py"], [
+        "--text-suffix 'py'", "starts with a dot"]
+
+
 CASES = [truncated_gz, truncated_zst, binary_file, mixed_encodings, jsonl_line_of_100_mb,
          empty_file, parquet_wrong_column_type, deleted_chunk_shard, edited_manifest,
          manifest_escaping_the_db, truncated_npy, corrupted_index,
@@ -242,7 +284,10 @@ CASES = [truncated_gz, truncated_zst, binary_file, mixed_encodings, jsonl_line_o
          query_not_utf8, prompt_not_utf8, input_name_not_utf8, plan_negative_chunk_size,
          plan_tokens_nan, plan_tokens_inf, query_nprobe_zero, eval_overlap_out_of_range,
          generate_negative_tokens, generate_k_zero, db_is_a_file, info_of_a_file,
-         gpus_negative, truncated_docs_shard, truncated_neighbour_shards]
+         gpus_negative, truncated_docs_shard, truncated_neighbour_shards,
+         tokenizer_vocab_below_bytes, tokenizer_file_that_does_not_load,
+         chunk_with_another_tokenizer, retrofit_from_another_decoder,
+         index_unmergeable_factory, index_kmeans_unknown, chunk_text_suffix_without_dot]
 
 
 def snapshot(db: Path) -> dict[str, bytes]:
@@ -266,3 +311,10 @@ def test_bad_input_gets_one_line_and_leaves_the_database(case, full_db, tmp_path
     for frag in fragments:
         assert frag in errors[0], (frag, errors[0])
     assert snapshot(db) == before, "the failed command changed the database"
+    log = os.environ.get("RETRODB_BAD_INPUT_LOG")  # tests/reliability_table.py
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"case": case.__name__, "command": args[0],
+                                "doc": (case.__doc__ or "").strip(),
+                                "status": p.returncode,
+                                "error": errors[0].replace(str(tmp_path), "TMP")}) + "\n")

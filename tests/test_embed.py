@@ -275,7 +275,7 @@ def test_crash_after_first_shard_then_resume_gives_identical_files(db, reference
 def test_two_workers_equal_one_worker(db, reference):
     seen = {}
     r = embed_db(db, EmbedConfig(workers=2),
-                 on_progress=lambda p: seen.update(p.info))
+                 on_progress=lambda p: seen.update(p.workers))
     assert r.devices == ["cpu", "cpu"] and sorted(r.shards) == sorted(_keys(reference))
     assert sorted(seen) == ["cpu0", "cpu1"] and sum(seen.values()) == 186
     assert _keys(db) == _keys(reference)

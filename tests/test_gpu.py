@@ -57,7 +57,7 @@ def fresh(cpu_db: Path, tmp_path: Path) -> Path:
 def test_one_worker_per_gpu_fp16_and_gpu_batches(cpu_db, tmp_path):
     db = fresh(cpu_db, tmp_path)
     seen: dict = {}
-    r = embed_db(db, EmbedConfig(**SIM), on_progress=lambda p: seen.update(p.info))
+    r = embed_db(db, EmbedConfig(**SIM), on_progress=lambda p: seen.update(p.workers))
     assert sorted(seen) == ["gpu0", "gpu1"] and sum(seen.values()) == r.chunks
     assert {e["batch_size"] for e in entries(db)} == {1024}  # the GPU default
     assert {e["precision"] for e in entries(db)} == {"fp16"}  # autocast, as on CUDA

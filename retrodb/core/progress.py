@@ -16,6 +16,7 @@ class Progress:
     total: float | None = None  # None: unknown
     unit: str = ""  # "bytes", "chunks", "vectors", "queries", "steps", ...
     info: dict[str, Any] = field(default_factory=dict)  # extra figures: loss, docs, ...
+    workers: dict[str, float] = field(default_factory=dict)  # units done by each worker
 
 
 ProgressFn = Callable[[Progress], None]

@@ -100,7 +100,7 @@ class _Progress:
                 self.p.done += payload
                 self.by_worker[label] = self.by_worker.get(label, 0) + payload
                 if len(self.by_worker) > 1:  # units done per worker, e.g. per GPU
-                    self.p.info = dict(sorted(self.by_worker.items()))
+                    self.p.workers = dict(sorted(self.by_worker.items()))
                 self._emit()
             elif kind == "note":
                 msg = f"{label}: {payload}"

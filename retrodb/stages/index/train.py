@@ -142,6 +142,8 @@ def train(db: Database, store: EmbeddingStore, cfg: IndexConfig, result: IndexRe
     """The trained index's record: reused when there is one, else trained now."""
     m = Manifest(db.index, "index")
     if cfg.rebuild:
+        if cfg.factory is not None:
+            make_index(cfg.factory, store.dim)  # a bad factory is refused before removing
         forget(m)
     t = m.data.get("trained")
     if t is not None and not m.bad_files(t, "size"):
