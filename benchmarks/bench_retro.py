@@ -117,11 +117,16 @@ def train(a, db: Path, arm: str, seed: int, log: list) -> dict:
         if arm == "retrofit":
             extra += ["--retrofit", str(db / "models" / base / "checkpoints" /
                                         f"step-{a.retrofit_at:06d}")]
+    times = a.work / "train-seconds.json"  # wall time of each finished run, kept
+    known = json.loads(times.read_text()) if times.exists() else {}
     done = last_step(db, run)
     if done >= steps:
-        return {"run": run, "seconds": None, "steps": steps}
+        return {"run": run, "seconds": known.get(run), "steps": steps}
     took = sh([retrodb(), "train", *common, *extra] + (["--resume"] if done else []), log)
-    return {"run": run, "seconds": round(took, 1), "steps": steps}
+    if not done:  # a resumed run's wall time would be a part of it
+        known[run] = round(took, 1)
+        times.write_text(json.dumps(known, indent=1))
+    return {"run": run, "seconds": known.get(run), "steps": steps}
 
 
 def evaluate(a, db: Path, runs: list[str], log: list) -> dict:
