@@ -28,10 +28,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,60 +37,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import Measure, Result, Side, interleave
+from common import ROOT, Measure, Result, Side, interleave
+
+sys.path.insert(0, str(ROOT / "tests"))
+from serve_process import Server as Service, connections, workers_of  # noqa: E402
 
 CLIENTS = (1, 8, 64)
 K = 4
 STOP_S = 2.0  # under uvicorn's 5 s worker health check
-
-
-class Service:
-    """`retrodb serve DB --port 0 ...` on 127.0.0.1, in a subprocess."""
-
-    def __init__(self, db: Path, log: Path, *args: str, timeout: float = 300):
-        import httpx
-
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        self.log = log
-        with open(log, "w") as f:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "retrodb.cli.main", "serve", str(db), "--host",
-                 "127.0.0.1", "--port", "0", *args], stdout=subprocess.DEVNULL, stderr=f,
-                env=env)
-        end, self.url = time.time() + timeout, None
-        while time.time() < end:
-            text = log.read_text()
-            if self.url is None and (m := re.search(r" at (http://\S+) \(", text)):
-                self.url = m.group(1)
-            if self.url:
-                try:
-                    if httpx.get(self.url + "/health", timeout=10).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-            if self.proc.poll() is not None:
-                raise SystemExit(f"retrodb serve exited:\n{text[-3000:]}")
-            time.sleep(0.3)
-        self.stop()
-        raise SystemExit(f"retrodb serve did not start in {timeout} s")
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def health(self) -> dict:
-        import httpx
-
-        return httpx.get(self.url + "/health", timeout=30).json()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def query_texts(db: Path, n: int, seed: int = 0) -> list[str]:
@@ -148,27 +100,6 @@ def in_process(retriever, texts: list[str], batch: int) -> dict:
     for lo in range(0, len(texts), batch):
         top += [hits[0].chunk_id for hits in retriever.search(texts[lo:lo + batch], K)]
     return {"qps": len(texts) / (time.perf_counter() - t0), "top": top}
-
-
-def workers_of(pid: int) -> list[int]:
-    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(k) for k in kids
-            if b"resource_tracker" not in Path(f"/proc/{k}/cmdline").read_bytes()]
-
-
-def connections(pid: int, port: int) -> int:
-    """Established client connections on `port` held by process `pid` (Linux /proc)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            link = os.readlink(fd)
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-    return sum(1 for f in rows if int(f[1].split(":")[1], 16) == port and f[3] == "01"
-               and f[9] in inodes)
 
 
 def stop_and_continue(db: Path, log: Path, texts: list[str], want: list[int]) -> dict:

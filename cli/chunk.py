@@ -7,7 +7,8 @@ from typing import List, Optional
 import typer
 
 from .common import err, human_count, note, print_json, user_errors
-from .options import DB, EXECUTOR, JSON, RAY_ADDRESS, ROOT, WORKERS
+from .options import (DB, EXCLUDE, EXECUTOR, JSON, RAY_ADDRESS, ROOT, TEXT_SUFFIX,
+                      WORKERS)
 from .progress import Reporter
 
 
@@ -40,13 +41,8 @@ def chunk_cli(
                                "'strict' (stop with an error)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count malformed JSONL"
                                   " lines instead of stopping."),
-    exclude: List[str] = typer.Option([], "--exclude", help="Skip inputs whose path "
-                                      "relative to --root matches this pattern ('*' "
-                                      "crosses '/'; repeat for more).", show_default=False),
-    text_suffix: List[str] = typer.Option([], "--text-suffix", help="Also read files "
-                                          "ending so as plain text, one document each "
-                                          "(repeat: --text-suffix .py --text-suffix .md).",
-                                          show_default=False),
+    exclude: List[str] = EXCLUDE,
+    text_suffix: List[str] = TEXT_SUFFIX,
     json_out: bool = JSON,
 ):
     """Tokenise and chunk corpora into the database's chunk shards.

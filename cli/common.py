@@ -149,3 +149,16 @@ def read_token(path: str) -> str:
         raise RetrodbError(f"--token-file {path}: its first line is empty; put the secret "
                            "there")
     return token
+
+
+def remote(server: str | None, token_file: str | None):
+    """--server URL [--token-file F]: a `retrodb serve` client, or None without --server."""
+    from retrodb.core.errors import RetrodbError
+
+    if not server:
+        if token_file:
+            raise RetrodbError("--token-file: only with --server URL")
+        return None
+    from retrodb.query.client import RemoteRetriever
+
+    return RemoteRetriever(server, read_token(token_file) if token_file else None)

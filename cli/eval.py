@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import print_json, print_table, read_token, table, user_errors
+from .common import print_json, print_table, remote, table, user_errors
 from .options import DB, JSON, SERVER, SERVER_TOKEN
 
 MODES = (("retrieval", "retrieval"), ("none (retrieval off)", "no_retrieval"),
@@ -49,13 +49,7 @@ def eval_cli(
     if not 0 <= exclude_overlap <= 1:
         raise RetrodbError(f"--exclude-overlap {exclude_overlap}: α must be in [0, 1] "
                            "(r = common token run / chunk size; 0.2 is usual)")
-    client = None
-    if server:
-        from retrodb.query.client import RemoteRetriever
-
-        client = RemoteRetriever(server, read_token(token_file) if token_file else None)
-    elif token_file:
-        raise RetrodbError("--token-file: only with --server URL")
+    client = remote(server, token_file)
     results = [evaluate_run(db, run, max_sequences, exclude_overlap, neighbours, device,
                             server=client) for run in runs]
     if json_out:

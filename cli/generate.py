@@ -6,7 +6,7 @@ import typer
 
 from typing import Optional
 
-from .common import check_text, err, escape, print_json, read_token, user_errors, write
+from .common import check_text, err, escape, print_json, remote, user_errors, write
 from .options import DB, JSON, SERVER, SERVER_TOKEN
 
 
@@ -54,13 +54,7 @@ def generate_cli(
     if temperature < 0 or top_k < 0:
         raise RetrodbError(f"--temperature {temperature} / --top-k {top_k}: must be 0 or "
                            "more")
-    retriever = None
-    if server:
-        from retrodb.query.client import RemoteRetriever
-
-        retriever = RemoteRetriever(server, read_token(token_file) if token_file else None)
-    elif token_file:
-        raise RetrodbError("--token-file: only with --server URL")
+    retriever = remote(server, token_file)
     g = generate(db, run, prompt, max_tokens, k, temperature, top_k, seed,
                  retrieval=not no_retrieval, retriever=retriever, device=device)
     if json_out:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import typer
-
-from .common import human_bytes, human_count, print_json, print_table, table, user_errors
-from .common import write
+from .common import (human_bytes, human_count, print_json, print_table, table,
+                     user_errors, write)
 from .options import DB_ARG, JSON
 
 

@@ -35,3 +35,9 @@ SERVER = typer.Option(None, "--server", help="Retrieve from a `retrodb serve` se
                       "at this URL instead of opening the index here.", show_default=False)
 SERVER_TOKEN = typer.Option(None, "--token-file", help="The service's bearer token (first "
                             "line of this file), with --server.", show_default=False)
+EXCLUDE = typer.Option([], "--exclude", help="Skip inputs whose path relative to --root "
+                       "matches this pattern ('*' crosses '/'; repeat for more).",
+                       show_default=False)
+TEXT_SUFFIX = typer.Option([], "--text-suffix", help="Also read files ending so as plain "
+                           "text, one document each (repeat: --text-suffix .py "
+                           "--text-suffix .md).", show_default=False)

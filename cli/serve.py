@@ -20,20 +20,13 @@ def check_database(db: str) -> None:
     model: a database with keys and a current merged index."""
     from retrodb.core.db import Database
     from retrodb.core.errors import RetrodbError
-    from retrodb.stores.searcher import index_manifest, merged_ok
+    from retrodb.stores.searcher import merged_index
 
     d = Database(db)
     if not d.config().get("embedder"):
         raise RetrodbError(f"{d.root}: not embedded yet; run `retrodb embed --db {d.root}` "
                            f"and `retrodb index --db {d.root}` first")
-    m = index_manifest(d)
-    merged = m.data.get("merged")
-    if merged is None:
-        raise RetrodbError(f"{d.index}: no merged index; build it with `retrodb index "
-                           f"--db {d.root}`")
-    if not merged_ok(m, merged):
-        raise RetrodbError(f"{m.path_of(merged['file'])}: missing, truncated or corrupted;"
-                           f" rebuild it with `retrodb index --db {d.root}`")
+    merged_index(d)
 
 
 def bind(host: str, port: int) -> socket.socket:

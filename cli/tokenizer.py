@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from .common import err, human_count, print_json, user_errors
-from .options import JSON, ROOT
+from .options import EXCLUDE, JSON, ROOT, TEXT_SUFFIX
 from .progress import Reporter
 
 
@@ -29,13 +29,8 @@ def tokenizer_cli(
                                                 show_default=False),
     text_field: str = typer.Option("text", help="JSON field holding the text (.jsonl)."),
     text_column: str = typer.Option("text", help="Column holding the text (.parquet)."),
-    exclude: List[str] = typer.Option([], "--exclude", help="Skip inputs whose path "
-                                      "relative to --root matches this pattern ('*' "
-                                      "crosses '/'; repeat for more).", show_default=False),
-    text_suffix: List[str] = typer.Option([], "--text-suffix", help="Also read files "
-                                          "ending so as plain text, one document each "
-                                          "(repeat: --text-suffix .py --text-suffix .md).",
-                                          show_default=False),
+    exclude: List[str] = EXCLUDE,
+    text_suffix: List[str] = TEXT_SUFFIX,
     json_out: bool = JSON,
 ):
     """Train a byte-level BPE tokenizer on a corpus, for `retrodb chunk --tokenizer`.

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from retrodb.stages.chunk import ChunkConfig, chunk_corpus
 from retrodb.stages.chunk import ReaderOptions

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-import retrodb
 from retrodb.core.db import Database
 from retrodb.stages.chunk import ChunkConfig, chunk_corpus
 from retrodb.core.errors import RetrodbError

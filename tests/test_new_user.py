@@ -75,7 +75,6 @@ def test_progress_lines_when_not_a_terminal():
     """A plain line per step at least every `every` seconds, even while nothing moves,
     and one when a step ends: step, amount, rate, ETA and the step's figures."""
     import io
-    from contextlib import redirect_stderr
 
     from retrodb.core.progress import Progress
     from retrodb.cli.progress import Reporter

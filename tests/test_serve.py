@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 
 from dbread import read_chunks
 from index_fixtures import copy_db
+from serve_process import Server, connections, workers_of
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -31,51 +31,6 @@ pytest.importorskip("uvicorn")
 
 TOKEN = "test-secret-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class Server:
-    """`retrodb serve DB --port 0 ...` in a subprocess; its URL from its first line."""
-
-    def __init__(self, db: Path, log: Path, *args: str):
-        env = {k: v for k, v in os.environ.items() if k != "RETRODB_DEBUG"}
-        env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        self.log = log
-        with open(log, "w") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "retrodb.cli.main", "serve",
-                                          str(db), "--port", "0", *args],
-                                         stdout=subprocess.DEVNULL, stderr=f, env=env)
-        self.url = self._wait()
-
-    def _wait(self, timeout: float = 180) -> str:
-        end, url = time.time() + timeout, None
-        while time.time() < end:
-            text = self.log.read_text()
-            if url is None and (m := re.search(r" at (http://\S+) \(", text)):
-                url = m.group(1)
-            if url is not None:
-                try:
-                    if httpx.get(url + "/health", timeout=5).status_code == 200:
-                        return url
-                except httpx.HTTPError:
-                    pass
-            if self.proc.poll() is not None:
-                raise AssertionError(f"retrodb serve exited {self.proc.returncode}:\n{text}")
-            time.sleep(0.3)
-        self.stop()
-        raise AssertionError(f"retrodb serve did not become healthy:\n{self.log.read_text()}")
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -320,28 +275,6 @@ def test_a_client_that_disconnects_does_not_disturb_the_others(server, unique_ch
         chunks[0]["chunk_id"]
 
 
-def _workers(pid: int) -> list[int]:
-    """uvicorn's worker processes: the spawned children of the server process."""
-    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(k) for k in kids
-            if b"resource_tracker" not in Path(f"/proc/{k}/cmdline").read_bytes()]
-
-
-def _connections(pid: int, port: int) -> int:
-    """Established client connections on `port` that process `pid` holds."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            link = os.readlink(fd)
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-    return sum(1 for f in rows if int(f[1].split(":")[1], 16) == port and f[3] == "01"
-               and f[9] in inodes)
-
-
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc")
 def test_two_workers_stop_and_continue_lose_nothing(served_db, unique_chunks, tmp_path):
     s = Server(served_db, tmp_path / "serve.log", "--workers", "2")
@@ -350,14 +283,14 @@ def test_two_workers_stop_and_continue_lose_nothing(served_db, unique_chunks, tm
         while len(seen) < 2 and time.time() < end:
             seen.add(httpx.get(s.url + "/health", timeout=30).json()["pid"])
             time.sleep(0.05)
-        assert seen <= set(_workers(s.proc.pid)) and len(_workers(s.proc.pid)) == 2
+        assert seen <= set(workers_of(s.proc.pid)) and len(workers_of(s.proc.pid)) == 2
         chunks = unique_chunks[:40]
         stopped: list[int] = []
 
         def pause():  # stop the worker holding the most client connections, 2 s
             end = time.time() + 30
             while time.time() < end:
-                held = {w: _connections(w, s.port) for w in _workers(s.proc.pid)}
+                held = {w: connections(w, s.port) for w in workers_of(s.proc.pid)}
                 if sum(held.values()) >= 4:
                     break
                 time.sleep(0.01)
@@ -376,7 +309,7 @@ def test_two_workers_stop_and_continue_lose_nothing(served_db, unique_chunks, tm
         got = [b["results"][0][0]["chunk_id"] for _, b, _ in out]
         assert got == [c["chunk_id"] for c in chunks] * 3  # no wrong answer
         assert max(sec for _, _, sec in out) > 1.5  # some waited for the stopped worker
-        assert stopped[0] in _workers(s.proc.pid)  # the same worker, not a replacement
+        assert stopped[0] in workers_of(s.proc.pid)  # the same worker, not a replacement
     finally:
         for w in stopped:
             os.kill(w, signal.SIGCONT)

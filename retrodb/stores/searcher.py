@@ -53,6 +53,20 @@ def merged_ok(m: Manifest, merged: dict) -> bool:
         return False
 
 
+def merged_index(db: Database) -> tuple[Manifest, dict]:
+    """The index manifest and its merged record, checked (one line if unusable)."""
+    m = index_manifest(db)
+    merged = m.data.get("merged")
+    if merged is None:
+        raise RetrodbError(f"{db.index}: no merged index; build it with `retrodb index "
+                           f"--db {db.root}`")
+    if not merged_ok(m, merged):
+        raise RetrodbError(f"{m.path_of(merged['file'])}: missing, truncated or corrupted "
+                           "(it no longer matches the manifest); rebuild it with `retrodb "
+                           f"index --db {db.root}`")
+    return m, merged
+
+
 def fast_scan(index):
     """The index to search: 4-bit PQ lists repacked into faiss's fast-scan layout in RAM
     (codes scanned 32 at a time in SIMD registers: the peers' speed), else `index`.
@@ -102,15 +116,7 @@ class IndexSearcher:
         f = faiss()
         db = Database(db)
         self.db = db
-        m = index_manifest(db)
-        merged = m.data.get("merged")
-        if merged is None:
-            raise RetrodbError(f"{db.index}: no merged index; build it with `retrodb "
-                               f"index --db {db.root}`")
-        if not merged_ok(m, merged):
-            raise RetrodbError(f"{m.path_of(merged['file'])}: missing, truncated or "
-                               "corrupted (it no longer matches the manifest); rebuild it "
-                               f"with `retrodb index --db {db.root}`")
+        m, merged = merged_index(db)
         self.manifest = m
         self.trained = m.data["trained"]
         self.merged = merged

@@ -17,8 +17,7 @@ def read_metrics(db, run: str) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def plot_runs(db, runs: list[str], out: Path, smooth: int = 10) -> Path:
-    """Loss per step (moving average over `smooth` steps) and validation loss."""
+def _pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -26,8 +25,26 @@ def plot_runs(db, runs: list[str], out: Path, smooth: int = 10) -> Path:
                            "'retrodb[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, ax, out: Path) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_runs(db, runs: list[str], out: Path, smooth: int = 10) -> Path:
+    """Loss per step (moving average over `smooth` steps) and validation loss."""
     import numpy as np
 
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, run in enumerate(runs):
         ms = read_metrics(db, run)
@@ -42,14 +59,7 @@ def plot_runs(db, runs: list[str], out: Path, smooth: int = 10) -> Path:
             ax.plot(*zip(*val), "o--", color=color, label=f"{run} validation")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, ax, out)
 
 
 def read_eval(db, run: str) -> dict:
@@ -78,15 +88,9 @@ def plot_leakage(series: list[tuple[str, list[dict], list[dict] | None]], out: P
                  title: str = "") -> Path:
     """Bits per byte by leakage bucket (the paper's Fig. 6): one line per (label,
     buckets, other seeds' buckets or None); with other seeds, the mean and the range."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise RetrodbError("retrodb plot needs matplotlib: pip install "
-                           "'retrodb[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     labels = None
     for i, (label, buckets, more) in enumerate(series):
@@ -108,11 +112,4 @@ def plot_leakage(series: list[tuple[str, list[dict], list[dict] | None]], out: P
     ax.set_ylabel("bits per byte")
     if title:
         ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, ax, out)

@@ -16,15 +16,11 @@ or after `end`, so consecutive pieces share no line and miss none.
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import io
-import json
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
-from ...core.errors import RetrodbError
-from ...core.util import first_line
 from .inputs import InputFile, Piece
 
 PIECE_BYTES = 1 << 20
