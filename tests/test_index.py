@@ -216,6 +216,9 @@ def test_retrodb_rule_for_vector_counts():
     assert choose_factory(30_000_000_000, 384, "2T")[0] == "IVF524288_HNSW32,PQ96x4"
     assert choose_factory(1_000_000, 768, "8G")[0] == "IVF4096_HNSW32,PQ128x4"  # 64 B cap
     assert choose_factory(1_000_000, 384, "8G", max_code_bytes=16)[0].endswith(",PQ32x4")
+    # too few to train a 16-centroid codebook: exact float32 lists
+    assert choose_factory(100, 384, "8G")[0] == "IVF2,Flat"
+    assert choose_factory(20, 384, "8G")[0] == "IVF1,Flat"
     with pytest.raises(RetrodbError, match="--memory-budget 1M: 1,000,000 vectors need"):
         choose_factory(1_000_000, 384, "1M")
 

@@ -71,26 +71,18 @@ def test_a_lost_chunk_shard_is_named_then_rebuilt(tmp_path, indexed_db):
     assert cli("query", db, text, "-k", "1").returncode == 0
 
 
-def test_progress_lines_when_not_a_terminal():
+def test_progress_lines_when_not_a_terminal(capsys):
     """A plain line per step at least every `every` seconds, even while nothing moves,
     and one when a step ends: step, amount, rate, ETA and the step's figures."""
-    import io
-
     from retrodb.core.progress import Progress
     from retrodb.cli.progress import Reporter
-    import retrodb.cli.common as common
 
-    buf = io.StringIO()
-    old = common.err.file
-    common.err.file = buf
-    try:
-        with Reporter(every=0.3, tty=False) as r:
-            r.update(Progress("train", 3, 40, "steps", {"loss": 7.25, "lr": 1e-4}))
-            time.sleep(2.0)  # a long step: nothing reported, lines keep coming
-            r.update(Progress("train", 40, 40, "steps", {"loss": 6.5}))
-    finally:
-        common.err.file = old
-    lines = buf.getvalue().splitlines()
+    capsys.readouterr()
+    with Reporter(every=0.3, tty=False) as r:
+        r.update(Progress("train", 3, 40, "steps", {"loss": 7.25, "lr": 1e-4}))
+        time.sleep(2.0)  # a long step: nothing reported, lines keep coming
+        r.update(Progress("train", 40, 40, "steps", {"loss": 6.5}))
+    lines = capsys.readouterr().err.splitlines()
     assert len(lines) >= 4, lines
     assert lines[0].startswith("train: 3 of 40 steps (8%)") and "loss 7.25" in lines[0]
     assert "ETA" in lines[0] and "steps/s" in lines[0]

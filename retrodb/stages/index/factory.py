@@ -50,8 +50,10 @@ def describe(index) -> dict:
 
 
 def min_train_points(info: dict) -> int:
-    """Training vectors faiss needs: 39 per centroid of the largest k-means it runs."""
-    return MIN_POINTS_PER_CENTROID * max(info["nlist"], info["pq_ksub"], 1)
+    """Training vectors faiss needs: 39 per centroid of the largest k-means it runs (one
+    list and no codebook train on any number)."""
+    largest = max(info["nlist"], info["pq_ksub"], 1)
+    return 1 if largest == 1 else MIN_POINTS_PER_CENTROID * largest
 
 
 def rule_factory(n: int, dim: int, max_code_bytes: int = 64) -> tuple[str, str]:
@@ -62,13 +64,18 @@ def rule_factory(n: int, dim: int, max_code_bytes: int = 64) -> tuple[str, str]:
     from 1,024 lists on. Codes: 4-bit PQ with one sub-quantizer per 4 dimensions
     (d/8 bytes: 48 B for 384-d), at most `max_code_bytes`: 4-bit codes are what
     fast-scan searches 32 at a time in SIMD registers, and re-ranking with the exact
-    keys makes up for their coarseness."""
+    keys makes up for their coarseness. Below 39 × 16 vectors (too few to train a 4-bit
+    codebook) the lists hold the float32 vectors themselves (Flat): exact and small."""
     nlist = 2 ** max(0, round(np.log2(max(1.0, 4 * np.sqrt(n)))))
     cap = 2 ** int(np.floor(np.log2(max(n // MIN_POINTS_PER_CENTROID, 1))))
     nlist = max(1, min(nlist, cap))
     coarse = f"IVF{nlist}_HNSW32" if nlist >= 1024 else f"IVF{nlist}"
     limit = min(max(2, dim // 4), 2 * max_code_bytes)
     m = max([x for x in range(2, limit + 1, 2) if dim % x == 0] or [1])
+    if n < MIN_POINTS_PER_CENTROID * 16:
+        return f"{coarse},Flat", (f"retrodb rule for {n} vectors of dimension {dim}: "
+                                  f"{nlist} lists (~4√n), float32 vectors (too few to "
+                                  "train 4-bit codes)")
     factory = f"{coarse},PQ{m}x4"
     return factory, (f"retrodb rule for {n} vectors of dimension {dim}: {nlist} lists "
                      f"(~4√n), {m}×4-bit codes ({m // 2} B, fast-scan)")
