@@ -280,7 +280,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--retrieval-lr", type=float, default=3e-3)
+    ap.add_argument("--retrieval-lr", type=float, default=5e-4)
     ap.add_argument("--retrieval-warmup", type=int, default=20)
     ap.add_argument("--vocab-size", type=int, default=16384)
     ap.add_argument("--val-fraction", type=float, default=0.04)
