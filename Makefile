@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+# The suite, then BENCHMARKS.md against the result files: rendered from them, and no
+# result measured on a dirty tree or before the last change to the code it measures.
 test: install
 	$(BIN)/python -m pytest -q
+	$(BIN)/python benchmarks/report.py --check
 
 # The example corpus: the Python 3.11 documentation sources (PSF licence) from Debian's
 # python3.11-doc, unpacked without root. Falls back to the committed slice offline.

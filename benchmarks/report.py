@@ -37,11 +37,11 @@ typed by hand. `make bench` reruns everything; each section names its own comman
 GPU_NOTE = """
 ## GPU
 
-Unmeasured: no GPU has been lent to a session yet. `embed --gpus` and training on CUDA
-are tested on the CPU for everything that is not a kernel (one worker per device, batch
-sizing, out-of-memory halving, the float16 cast, resume after a lost device), and
-`pytest -m gpu` compares their keys and losses with the CPU's where CUDA exists. On a GPU
-machine, `python benchmarks/bench_gpu.py` writes `results/gpu.json` and this section.
+Unmeasured: no GPU has been lent to a session yet, so there is no GPU row and no GPU
+benchmark script. `embed --gpus` and training on CUDA are tested on the CPU for
+everything that is not a kernel (one worker per device, batch sizing, out-of-memory
+halving, the float16 cast, resume after a lost device), and `pytest -m gpu` compares
+their keys and losses with the CPU's where CUDA exists.
 """
 
 
