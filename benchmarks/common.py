@@ -104,7 +104,9 @@ class Result:
         self.started = time.time()
         self.load_before = os.getloadavg()
         self.commit = git("rev-parse", "HEAD")
-        self.dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # results are outputs: a result written earlier in the same pass is not a change
+        self.dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                              ":(exclude)benchmarks/results"))
 
     def table(self, title: str, columns: list[str], rows: list[list]) -> None:
         self.tables.append({"title": title, "columns": columns, "rows": rows})
