@@ -1,8 +1,8 @@
-"""The PNGs under docs/ that README links: recall vs nprobe, training curves, stage
-throughput, drawn from what the stages and benchmarks recorded.
+"""The PNGs under docs/ that README links: recall vs nprobe (from a database's index
+manifest) and training curves (from runs' metrics), drawn from what the stages recorded.
+bench_search.py draws docs/search.png itself.
 
-Usage: python benchmarks/plots.py --db DEMO_DB [--train-db DB --runs A,B]
-                                  [--scale SCALE_JSON]
+Usage: python benchmarks/plots.py --db DB [--train-db DB --runs A,B,...]
 """
 
 from __future__ import annotations
@@ -43,38 +43,11 @@ def recall_plot(db: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def throughput_plot(scale: dict, out: Path) -> None:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    stages = ["chunk", "embed", "index", "neighbours"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    x = np.arange(len(stages))
-    for j, label in enumerate(("1x", "2x")):
-        s = scale[label]
-        rate = [s["chunks"] / s[st]["seconds"] for st in stages]
-        rss = [s[st]["peak_rss_mb"] for st in stages]
-        a.bar(x + 0.4 * j - 0.2, rate, 0.4, label=f"{label}: {s['chunks']:,} chunks")
-        b.bar(x + 0.4 * j - 0.2, rss, 0.4, label=label)
-    a.set_yscale("log")
-    a.set_ylabel("chunks / s (whole stage, 2 CPU cores)")
-    b.set_ylabel("peak resident memory (MB)")
-    for ax in (a, b):
-        ax.set_xticks(x, stages)
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
-    fig.suptitle("stage throughput and memory at 1× and 2× corpus size")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", type=Path, required=True)
     ap.add_argument("--train-db", type=Path)
     ap.add_argument("--runs", default="bench-retro,bench-base")
-    ap.add_argument("--scale", type=Path)
     args = ap.parse_args()
     import matplotlib
 
@@ -88,9 +61,6 @@ def main() -> None:
 
         plot_runs(args.train_db, args.runs.split(","), docs / "training.png")
         print("wrote docs/training.png")
-    if args.scale:
-        throughput_plot(json.loads(args.scale.read_text()), docs / "throughput.png")
-        print("wrote docs/throughput.png")
 
 
 if __name__ == "__main__":
