@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "BENCHMARKS.md"
+TWO_LEVEL_FROM = 4096  # lists: the scale at which a k-means rate is worth extrapolating
 ORDER = ["chunk", "embed", "index", "search", "neighbours", "train", "retro", "serve",
          "scale", "gpu"]
 
@@ -166,6 +167,8 @@ def rates(results: list[dict]) -> dict:
             ("neighbours", "search_queries_per_cpu_s", "queries_per_core_s",
              "filtered neighbour queries per core-second")):
         if bench in by and fact in by[bench]["facts"]:
+            if "kmeans" in key and by[bench]["facts"].get("nlist", 0) < TWO_LEVEL_FROM:
+                continue  # small k-means is overhead-bound: no rate to extrapolate from
             put(key, by[bench]["facts"][fact], bench, what)
     return out
 
