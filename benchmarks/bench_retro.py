@@ -6,11 +6,12 @@ library's own source files (this interpreter's, site-packages excluded), read as
 (`--text-suffix .py`). The whole pipeline runs through the CLI, commands recorded:
 tokenizer (byte-level BPE), chunk, embed, index, neighbours (k=2, own document and
 validation documents excluded), then per seed:
-  - baseline:  --no-retrieval, S steps (a checkpoint at 3/4 of them);
+  - baseline:  --no-retrieval, S steps;
   - RETRO:     the same decoder with CCA and encoder, S steps, from the same seed (its
                decoder starts identical to the baseline's; CCA's output starts at zero);
-  - RETROfit:  the baseline's checkpoint at 3S/4, frozen; encoder and CCA trained for
-               S/4 steps: the same tokens seen as the other two.
+  - RETROfit:  the baseline's final decoder, frozen; encoder and CCA trained for S/4
+               more steps (a run keeps only its latest checkpoint): the decoder has
+               seen exactly the baseline's tokens, only the retrieval weights more.
 Every run is evaluated on every validation window: bits per byte (true UTF-8 bytes of
 the predicted tokens) with retrieval, with it off, filtered at α = 0.2, and by leakage
 bucket; the baseline is bucketed by the same neighbours. Runs and stages already done
@@ -116,7 +117,7 @@ def train(a, db: Path, arm: str, seed: int, log: list) -> dict:
                  str(a.retrieval_warmup), "--checkpoint-every", str(steps)]
         if arm == "retrofit":
             extra += ["--retrofit", str(db / "models" / base / "checkpoints" /
-                                        f"step-{a.retrofit_at:06d}")]
+                                        f"step-{S:06d}")]
     times = a.work / "train-seconds.json"  # wall time of each finished run, kept
     known = json.loads(times.read_text()) if times.exists() else {}
     done = last_step(db, run)
@@ -177,7 +178,7 @@ def report(a, info: dict, trained: dict, evals: dict, log: list, flops: dict) ->
                      val_docs=bpb["baseline", seeds[0]]["validation_docs"],
                      val_bytes=bpb["baseline", seeds[0]]["no_retrieval"]["bytes"],
                      steps=a.steps, batch=a.batch_size, seeds=len(seeds),
-                     retrofit_at=a.retrofit_at, preset=a.preset, lr=a.lr,
+                     retrofit_steps=a.steps - a.retrofit_at, preset=a.preset, lr=a.lr,
                      retrieval_lr=a.retrieval_lr)
     res.facts["commands"] = log
     for arm in ARMS:
@@ -196,8 +197,9 @@ def report(a, info: dict, trained: dict, evals: dict, log: list, flops: dict) ->
         "BPE trained on them; {val_docs} validation documents ({val_bytes} bytes) held "
         "out; neighbours k = 2 from the training documents only.",
         "Runs: preset {preset}, {steps} steps of {batch} sequences of 512 tokens, lr "
-        "{lr}, retrieval lr {retrieval_lr}; RETROfit freezes the baseline at step "
-        "{retrofit_at} and trains encoder and CCA for the remaining steps; {seeds} seeds.",
+        "{lr}, retrieval lr {retrieval_lr}; RETROfit freezes the baseline's final decoder "
+        "and trains encoder and CCA for {retrofit_steps} more steps (its compute counts "
+        "the baseline's); {seeds} seeds.",
         "Mean gain over the baseline (1 − bpb ratio, the worst seed in brackets): RETRO "
         "{retro_retrieval_gain_pct}% ({retro_retrieval_gain_min_pct}%), filtered at "
         "r ≤ 0.2 {retro_leakage_filtered_gain_pct}% "
@@ -298,14 +300,14 @@ def main() -> None:
         for arm in ARMS:
             t = train(a, db, arm, s, log)
             cfg = json.loads((db / "models" / t["run"] / "config.json").read_text())
-            t.update(params=cfg["n_params"], tokens=a.steps * a.batch_size * 512)
+            t.update(params=cfg["n_params"], tokens=t["steps"] * a.batch_size * 512)
             trained[arm, s] = t
     evals = evaluate(a, db, [run_name(arm, s, a.steps) for s in a.seeds for arm in ARMS],
                      log)
     flops = {"baseline": a.steps * step_flops(db, a.preset, a.batch_size, False, False),
              "retro": a.steps * step_flops(db, a.preset, a.batch_size, True, False)}
-    flops["retrofit"] = (a.retrofit_at * flops["baseline"] / a.steps + (a.steps - a.retrofit_at)
-                         * step_flops(db, a.preset, a.batch_size, True, True))
+    flops["retrofit"] = flops["baseline"] + (a.steps - a.retrofit_at) * step_flops(
+        db, a.preset, a.batch_size, True, True)  # the baseline it starts from, then its own
     report(a, info, trained, evals, log, flops)
 
 

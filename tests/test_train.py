@@ -256,3 +256,15 @@ def test_retrofit_from_another_decoder_shape_is_refused(db):
                                            r"d_model 64 \(here 320\)"):
         train(db, replace(TINY, run="rfs", preset="small", steps=1, retrofit="rfs-base"))
     assert not (db / "models" / "rfs").exists()
+
+
+def test_retrofit_from_a_missing_checkpoint_path_names_it(db, tmp_path):
+    """A --retrofit path without a checkpoint is named as such, not taken for a run."""
+    from retrodb.training.runs import retrofit_source
+
+    missing = tmp_path / "base" / "checkpoints" / "step-000450"
+    with pytest.raises(RetrodbError, match=r"--retrofit .*step-000450: no checkpoint "
+                                           r"there \(no model.safetensors\)"):
+        retrofit_source(db, str(missing))
+    with pytest.raises(RetrodbError, match="neither a checkpoint directory nor a run"):
+        retrofit_source(db, "no-such-run")

@@ -56,8 +56,13 @@ def retrofit_source(db, source: str) -> Path:
     from .checkpoint import latest_checkpoint
 
     p = Path(source)
-    ckpt = p if (p / "model.safetensors").is_file() else latest_checkpoint(
-        run_dir(db, source))
+    if (p / "model.safetensors").is_file():
+        return p
+    if "/" in source or "\\" in source:
+        raise RetrodbError(f"--retrofit {source}: no checkpoint there (no model.safetensors); "
+                           "give a checkpoint directory (RUN/checkpoints/step-N) or the "
+                           "name of a run of this database")
+    ckpt = latest_checkpoint(run_dir(db, source))
     if ckpt is None:
         raise RetrodbError(f"--retrofit {source}: neither a checkpoint directory nor a "
                            "run with a checkpoint in this database")
