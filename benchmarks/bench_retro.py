@@ -113,7 +113,8 @@ def train(a, db: Path, arm: str, seed: int, log: list) -> dict:
     if arm == "baseline":
         extra = ["--no-retrieval", "--checkpoint-every", str(a.retrofit_at)]
     else:
-        extra = ["--retrieval-lr", str(a.retrieval_lr), "--retrieval-warmup",
+        lr = a.retrofit_lr if arm == "retrofit" else a.retrieval_lr
+        extra = ["--retrieval-lr", str(lr), "--retrieval-warmup",
                  str(a.retrieval_warmup), "--checkpoint-every", str(steps)]
         if arm == "retrofit":
             extra += ["--retrofit", str(db / "models" / base / "checkpoints" /
@@ -179,7 +180,7 @@ def report(a, info: dict, trained: dict, evals: dict, log: list, flops: dict) ->
                      val_bytes=bpb["baseline", seeds[0]]["no_retrieval"]["bytes"],
                      steps=a.steps, batch=a.batch_size, seeds=len(seeds),
                      retrofit_steps=a.steps - a.retrofit_at, preset=a.preset, lr=a.lr,
-                     retrieval_lr=a.retrieval_lr)
+                     retrieval_lr=a.retrieval_lr, retrofit_lr=a.retrofit_lr)
     res.facts["commands"] = log
     for arm in ARMS:
         res.facts[f"{arm}_pflop"] = round(flops[arm] / 1e15, 3)
@@ -198,7 +199,7 @@ def report(a, info: dict, trained: dict, evals: dict, log: list, flops: dict) ->
         "out; neighbours k = 2 from the training documents only.",
         "Runs: preset {preset}, {steps} steps of {batch} sequences of 512 tokens, lr "
         "{lr}, retrieval lr {retrieval_lr}; RETROfit freezes the baseline's final decoder "
-        "and trains encoder and CCA for {retrofit_steps} more steps (its compute counts "
+        "and trains encoder and CCA (lr {retrofit_lr}) for {retrofit_steps} more steps (its compute counts "
         "the baseline's); {seeds} seeds.",
         "Mean gain over the baseline (1 − bpb ratio, the worst seed in brackets): RETRO "
         "{retro_retrieval_gain_pct}% ({retro_retrieval_gain_min_pct}%), filtered at "
@@ -283,6 +284,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--retrieval-lr", type=float, default=5e-4)
+    ap.add_argument("--retrofit-lr", type=float, default=3e-3,
+                    help="retrieval lr of RETROfit (its decoder is frozen: nothing to "
+                    "disturb)")
     ap.add_argument("--retrieval-warmup", type=int, default=20)
     ap.add_argument("--vocab-size", type=int, default=16384)
     ap.add_argument("--val-fraction", type=float, default=0.04)
