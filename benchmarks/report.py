@@ -17,10 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from retrodb.stages.index.kmeans import TWO_LEVEL_FROM  # k-means rates count from here
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "BENCHMARKS.md"
-TWO_LEVEL_FROM = 4096  # lists: the scale at which a k-means rate is worth extrapolating
 ORDER = ["chunk", "embed", "index", "search", "neighbours", "train", "retro", "serve",
          "scale", "gpu"]
 
