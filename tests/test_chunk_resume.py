@@ -135,6 +135,9 @@ def test_ctrl_c_exits_130_and_resumes(tmp_path, corpus):
     db = tmp_path / "db"
     script = textwrap.dedent(f"""
         import os, signal, sys
+        # a terminal's Ctrl-C reaches a process whose SIGINT is not ignored; a child
+        # inherits SIG_IGN when something in the test process ignored it before
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from retrodb.core.manifest import Manifest
         real = Manifest.record
         def record(self, entry=None, **top):
