@@ -132,7 +132,9 @@ class Server:
         line = self.p.stdout.readline()
         if not line:
             raise SystemExit(f"{self.kind}: the serving process died")
-        return json.loads(line)["seconds"]
+        reply = json.loads(line)
+        self.serving_peak = max(getattr(self, "serving_peak", 0), reply["anon_bytes"])
+        return reply["seconds"]
 
     def close(self) -> None:
         self.p.stdin.close()
@@ -155,7 +157,7 @@ def sweep(servers: dict, xq, keys, gt10, tmp: Path) -> dict:
         pts = []
         for param in SWEEPS[kind]:
             srv.search(param, 1, tmp / "warm.npy")  # warm: pages, caches, thread pools
-            s = srv.search(param, 1, tmp / "ids.npy")
+            s = min(srv.search(param, 1, tmp / "ids.npy") for _ in range(2))
             r = recall(np.load(tmp / "ids.npy"), xq, keys, gt10)
             pts.append({"param": param, "recall": round(r, 4), "qps": len(xq) / s})
             print(f"{kind} {param}: recall@10 {r:.4f}, {len(xq) / s:,.0f} q/s",
@@ -183,19 +185,22 @@ def timed(servers: dict, chosen: dict, n: int, rounds: int, tmp: Path) -> dict:
     return qps
 
 
-def build_peers(kinds, keys_dir: str, work: Path, rebuild: bool) -> dict:
+def build_peers(kinds, keys_dir: str, work: Path, rebuild: bool, n: int) -> dict:
+    """Each peer built in its own process (reused from an earlier run over the same keys
+    unless `rebuild`: build times compare only when built in the same run)."""
     built = {}
     for kind in kinds:
         out = work / kind
         rec = out / "build.json"
-        if rebuild or not rec.exists():
+        if rebuild or not rec.exists() or json.loads(rec.read_text()).get("n") != n:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
             p = subprocess.run([python_for(kind), PEER, "build", kind, keys_dir, str(out)],
                                capture_output=True, text=True)
             if p.returncode:
                 raise SystemExit(f"{kind} build failed:\n{p.stderr[-3000:]}")
-            rec.write_text(p.stdout.strip().splitlines()[-1])
+            rec.write_text(json.dumps({**json.loads(p.stdout.strip().splitlines()[-1]),
+                                       "n": n}))
         built[kind] = json.loads(rec.read_text())
         print(f"{kind}: built in {built[kind]['seconds']:.0f} s", file=sys.stderr)
     return built
@@ -236,7 +241,7 @@ def main() -> None:
     if alt is not None:
         alt["kmeans"] = other
     peers = build_peers(["scann", "hnsw", "ivfpq_fs", "rabitq", "rabitq_fs"], keys_dir,
-                        a.work, a.rebuild_peers)
+                        a.work, a.rebuild_peers, store.n)
     servers = {"retrodb": Server("retrodb", str(ours_db), keys_dir, a.work / "queries.npy")}
     for kind in peers:
         servers[kind] = Server(kind, str(a.work / kind), keys_dir, a.work / "queries.npy")
@@ -245,11 +250,12 @@ def main() -> None:
         chosen = {k: choose(v) for k, v in points.items()}
         qps = timed(servers, chosen, len(xq), a.rounds, a.work)
         resident = {k: s.ready["resident_bytes"] / store.n for k, s in servers.items()}
+        serving = {k: s.serving_peak / 2**20 for k, s in servers.items()}
     finally:
         for s in servers.values():
             s.close()
     builds = {"retrodb": ours, **peers}
-    report(res, store, points, chosen, qps, resident, builds, ours, ram_add, alt)
+    report(res, store, points, chosen, qps, (resident, serving), builds, ours, ram_add, alt)
     plot(points, chosen)
     res.save()
 
@@ -263,7 +269,8 @@ def kmeans_of(db: Path) -> str:
     return json.loads((db / "index" / "manifest.json").read_text())["trained"]["kmeans"]
 
 
-def report(res, store, points, chosen, qps, resident, builds, ours, ram_add, alt) -> None:
+def report(res, store, points, chosen, qps, memory, builds, ours, ram_add, alt) -> None:
+    resident, serving = memory
     faiss_kinds = [k for k in ("hnsw", "ivfpq_fs", "rabitq", "rabitq_fs") if k in chosen]
     reached = [k for k in faiss_kinds if chosen[k]["recall"] >= TARGET]
     best = max(reached or faiss_kinds, key=lambda k: median(qps[k, 2]))
@@ -288,13 +295,15 @@ def report(res, store, points, chosen, qps, resident, builds, ours, ram_add, alt
     for k in chosen:
         c = chosen[k]
         rows.append([LABELS[k], json.dumps(c["param"]), c["recall"], median(qps[k, 1]),
-                     median(qps[k, 2]), resident[k], builds[k]["seconds"],
+                     median(qps[k, 2]), resident[k], serving[k], builds[k]["seconds"],
                      builds[k].get("peak_rss_mb")])
     res.table(f"Each contender at its fastest setting with recall@10 ≥ {TARGET} (the "
-              "best recall where none reached it); resident = anonymous memory of the "
-              "serving process per vector (memory-mapped lists and keys are disk)",
+              "best recall where none reached it); resident = anonymous memory the "
+              "index takes in the serving process, per vector (memory-mapped lists, "
+              "centroids and keys are disk); serving MB = anonymous memory after the "
+              "searches (index plus search buffers), library code not counted",
               ["contender", "setting", "recall@10", "q/s 1 thread", "q/s 2 threads",
-               "resident B/vector", "build s", "build peak RSS MB"], rows)
+               "resident B/vector", "serving MB", "build s", "build peak RSS MB"], rows)
     res.table("Sweep at 1 thread (every setting tried)", ["contender", "setting",
                                                           "recall@10", "q/s"],
               [[LABELS[k], json.dumps(p["param"]), p["recall"], p["qps"]]

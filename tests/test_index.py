@@ -77,6 +77,78 @@ def test_searches_run_fast_scan_over_the_same_lists(indexed_db):
     np.testing.assert_allclose(s_fast, got, rtol=1e-5, atol=1e-5)
 
 
+def test_searcher_maps_the_centroids_from_the_trained_index(indexed_db, tmp_path):
+    """The fast-scan searcher takes its coarse centroids memory-mapped from trained.faiss;
+    without that file (or with one of other centroids) it keeps the merged index's own,
+    and the results are the same either way."""
+    from retrodb.stores.searcher import mapped_trained
+
+    x = all_keys(indexed_db)[:200]
+    mapped = IndexSearcher(indexed_db)
+    plain = IndexSearcher(indexed_db, fast=False)
+    assert mapped_trained(manifest(indexed_db), faiss.extract_index_ivf(plain.index))
+    q = faiss.downcast_index(faiss.extract_index_ivf(mapped.index).quantizer)
+    assert q.ntotal == 16
+    want = mapped.search(x, 10, nprobe=4, candidates=40)
+    alone = copy_db(indexed_db, tmp_path / "alone")
+    (alone / "index" / "trained.faiss").unlink()
+    np.testing.assert_array_equal(IndexSearcher(alone).search(x, 10, 4, 40)[1], want[1])
+    other = copy_db(indexed_db, tmp_path / "other")
+    t = faiss.read_index(str(other / "index" / "trained.faiss"))
+    tq = faiss.extract_index_ivf(t).quantizer
+    moved = tq.reconstruct_n(0, tq.ntotal)[::-1].copy()  # same size, other order
+    tq.reset()
+    tq.add(moved)
+    faiss.write_index(t, str(other / "index" / "trained.faiss"))
+    m = manifest(other)
+    m.record(None, trained={**m.data["trained"],
+                            "bytes": (other / "index" / "trained.faiss").stat().st_size})
+    m.flush()
+    assert mapped_trained(manifest(other), faiss.extract_index_ivf(plain.index)) is None
+    np.testing.assert_array_equal(IndexSearcher(other).search(x, 10, 4, 40)[1], want[1])
+
+
+def test_a_wide_probe_does_not_stay_in_force(fake_db, tmp_path):
+    """An HNSW coarse quantizer searches max(16, nprobe) wide for the nprobe of each call,
+    not the widest nprobe an earlier call asked for."""
+    from retrodb.stores.searcher import set_nprobe
+
+    index = faiss.index_factory(32, "IVF64_HNSW32,PQ8x4", faiss.METRIC_INNER_PRODUCT)
+    hnsw = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw
+    assert set_nprobe(index, 48) == 48 and hnsw.efSearch == 48
+    assert set_nprobe(index, 8) == 8 and hnsw.efSearch == 16
+    assert set_nprobe(index, 500) == 64  # at most every list
+
+
+def test_key_rows_in_any_order_equal_the_stored_rows(fake_db):
+    """store.get widens float16 rows exactly, for ids in any order, repeated or not, and
+    the same through the per-thread buffer."""
+    from retrodb.stores.vectors import EmbeddingStore
+
+    store = EmbeddingStore(fake_db)
+    x = all_keys(fake_db)
+    rng = np.random.default_rng(0)
+    for ids in (np.arange(store.n), rng.integers(0, store.n, 500), np.sort(
+            rng.integers(0, store.n, 300)), np.array([store.n - 1, 0, store.n - 1])):
+        np.testing.assert_array_equal(store.get(ids), x[ids])
+        np.testing.assert_array_equal(store.get(ids, scratch=True), x[ids])
+    assert store.get(np.array([], dtype=np.int64)).shape == (0, store.dim)
+
+
+def test_float32_key_shards_are_refused(fake_db):
+    from retrodb.stores.vectors import EmbeddingStore
+
+    f = sorted((fake_db / "embeddings").glob("[0-9]*.npy"))[0]
+    np.save(f, np.load(f).astype(np.float32))
+    m = Manifest(fake_db / "embeddings", "embeddings")
+    e = m.entry(0)
+    m.record({**e, "bytes": f.stat().st_size})
+    m.flush()
+    with pytest.raises(RetrodbError, match=r"00000.npy: float32 keys, retrodb stores "
+                                           r"float16; rerun `retrodb embed`"):
+        EmbeddingStore(fake_db)
+
+
 def test_recall_at_chosen_operating_point_reaches_target(indexed_db):
     """recall@10 vs exact search (numpy brute force here) ≥ 0.9, as the manifest says."""
     rec = manifest(indexed_db).data["recall"]
@@ -209,12 +281,13 @@ def test_autofaiss_choice_for_vector_counts():
 
 
 def test_retrodb_rule_for_vector_counts():
-    """~4√n lists (≥ 39 training vectors each), HNSW from 1,024 lists, one 4-bit
+    """~4√n lists (≥ 39 training vectors each), HNSW from 8,192 lists, one 4-bit
     sub-quantizer per 4 dimensions, codes within --max-code-bytes."""
     assert choose_factory(874, 32, "8G")[0] == "IVF16,PQ8x4"
-    assert choose_factory(1_200_000, 384, "8G")[0] == "IVF4096_HNSW32,PQ96x4"
+    assert choose_factory(1_200_000, 384, "8G")[0] == "IVF4096,PQ96x4"
+    assert choose_factory(5_000_000, 384, "8G")[0] == "IVF8192_HNSW32,PQ96x4"
     assert choose_factory(30_000_000_000, 384, "2T")[0] == "IVF524288_HNSW32,PQ96x4"
-    assert choose_factory(1_000_000, 768, "8G")[0] == "IVF4096_HNSW32,PQ128x4"  # 64 B cap
+    assert choose_factory(1_000_000, 768, "8G")[0] == "IVF4096,PQ128x4"  # 64 B cap
     assert choose_factory(1_000_000, 384, "8G", max_code_bytes=16)[0].endswith(",PQ32x4")
     # too few to train a 16-centroid codebook: exact float32 lists
     assert choose_factory(100, 384, "8G")[0] == "IVF2,Flat"

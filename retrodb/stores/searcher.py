@@ -67,12 +67,37 @@ def merged_index(db: Database) -> tuple[Manifest, dict]:
     return m, merged
 
 
-def fast_scan(index):
+def mapped_trained(m: Manifest, ivf):
+    """The trained index (`trained.faiss`: quantizer, transform, codebooks) read with its
+    flat vectors memory-mapped, when it is there and its centroids are those of `ivf`
+    (the merged index's IVF); else None. Its coarse centroids then live in the page
+    cache (disk, shared between processes), not in each process's memory."""
+    f = faiss()
+    rec = m.data.get("trained") or {}
+    try:
+        if not rec.get("file") or not m.files_ok(rec, checksum=False):
+            return None
+        with quiet_c_stdout():
+            t = f.read_index(str(m.path_of(rec["file"]).local()), f.IO_FLAG_MMAP_IFC)
+    except (RetrodbError, RuntimeError, OSError):
+        return None
+    q, mine = f.extract_index_ivf(t).quantizer, ivf.quantizer
+    if q.ntotal != mine.ntotal or q.d != mine.d or not q.ntotal:
+        return None
+    ends = [0, q.ntotal - 1]
+    if not all(np.array_equal(q.reconstruct(i), mine.reconstruct(i)) for i in ends):
+        return None
+    return t
+
+
+def fast_scan(index, shared=None):
     """The index to search: 4-bit PQ lists repacked into faiss's fast-scan layout in RAM
     (codes scanned 32 at a time in SIMD registers: the peers' speed), else `index`.
 
     The merged lists stay plain on-disk IVF-PQ lists (what parts and appends merge);
-    only a searching process holds the packed copy: code_size + 8 bytes per vector."""
+    only a searching process holds the packed copy: code_size + 8 bytes per vector.
+    With `shared` (`mapped_trained`), the packed index takes its quantizer and
+    transform from there, and `index` (with its in-RAM quantizer) can be dropped."""
     f = faiss()
     ivf = f.extract_index_ivf(index)
     sub = f.downcast_index(ivf)
@@ -81,7 +106,12 @@ def fast_scan(index):
     with quiet_c_stdout():
         fs = f.IndexIVFPQFastScan(sub)
     fs.referenced_objects = [sub, index]  # the quantizer is shared with the original
-    top = f.downcast_index(index)
+    owner = index
+    if shared is not None:
+        fs.quantizer = f.extract_index_ivf(shared).quantizer
+        fs.referenced_objects = [shared]
+        owner = shared
+    top = f.downcast_index(owner)
     if isinstance(top, f.IndexPreTransform):
         wrapped = f.IndexPreTransform(top.chain.at(0), fs) if top.chain.size() == 1 \
             else None
@@ -92,14 +122,18 @@ def fast_scan(index):
     return fs
 
 
+HNSW_EF = 16  # faiss's default efSearch: an HNSW quantizer searches at least this wide
+
+
 def set_nprobe(index, nprobe: int) -> int:
-    """Probe `nprobe` lists (at most all); an HNSW quantizer is widened to return them."""
+    """Probe `nprobe` lists (at most all); an HNSW quantizer searches max(16, nprobe)
+    wide to return them (set each call: a wider earlier call must not stay in force)."""
     f = faiss()
     ivf = f.extract_index_ivf(index)
     ivf.nprobe = min(nprobe, ivf.nlist)
     q = f.downcast_index(ivf.quantizer)
     if isinstance(q, f.IndexHNSW):
-        q.hnsw.efSearch = max(q.hnsw.efSearch, ivf.nprobe)
+        q.hnsw.efSearch = max(HNSW_EF, ivf.nprobe)
     return int(ivf.nprobe)
 
 
@@ -131,8 +165,10 @@ class IndexSearcher:
             raise RetrodbError(f"--candidates {self.candidates}: must be 0 or positive")
         path = m.path_of(merged["file"]).local()
         m.path_of(merged["ivfdata"]["file"]).local()  # beside it (fetched if remote)
-        self.ondisk = read_index(path, f.IO_FLAG_ONDISK_SAME_DIR | f.IO_FLAG_READ_ONLY)
-        self.index = fast_scan(self.ondisk) if fast else self.ondisk
+        ondisk = read_index(path, f.IO_FLAG_ONDISK_SAME_DIR | f.IO_FLAG_READ_ONLY)
+        shared = mapped_trained(m, f.extract_index_ivf(ondisk)) if fast else None
+        self.index = fast_scan(ondisk, shared) if fast else ondisk
+        del ondisk  # when repacked, its lists unmap and its quantizer is freed
         self.d = int(self.index.d)
         self.ntotal = int(self.index.ntotal)
         self._store = store
@@ -177,12 +213,13 @@ class IndexSearcher:
 
 
 def rerank(store: EmbeddingStore, xq: np.ndarray, cand: np.ndarray, k: int,
-           pairs: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+           pairs: int = 1 << 15) -> tuple[np.ndarray, np.ndarray]:
     """Top `k` of each row of candidate ids `cand` by exact inner product with `xq`.
 
     The distinct candidates of a block of queries are read once, in id order, from the
-    memory-mapped float16 shards (disk, not RAM), and scored by faiss's threaded
-    `knn_inner_products_by_idx`. Blocks hold at most `pairs` (query, candidate) pairs."""
+    memory-mapped float16 shards (disk, not RAM) into this thread's reused buffer, and
+    scored by faiss's threaded `knn_inner_products_by_idx`. Blocks hold at most `pairs`
+    (query, candidate) pairs: the buffer stays ≤ pairs × dim × 6 bytes (75 MB at 384-d)."""
     f = faiss()
     n, c = cand.shape
     scores = np.full((n, k), -np.inf, dtype=np.float32)
@@ -194,7 +231,7 @@ def rerank(store: EmbeddingStore, xq: np.ndarray, cand: np.ndarray, k: int,
         uniq, inv = np.unique(ci[valid], return_inverse=True)
         if not len(uniq):
             continue
-        y = np.ascontiguousarray(store.get(uniq))
+        y = store.get(uniq, scratch=True)
         local = np.full(ci.shape, -1, dtype=np.int64)
         local[valid] = inv.reshape(-1)
         # faiss stops a row at its first -1: valid ids first, in their order

@@ -10,6 +10,7 @@ views (the page cache does the rest) and scans go block by block.
 
 from __future__ import annotations
 
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -18,6 +19,43 @@ from ..core.db import Database
 from ..core.errors import RetrodbError
 from ..core.manifest import Manifest, require_files
 from ..core.util import ranges
+
+
+# torch parallelises a copy from 32,768 elements on; smaller pieces run in the calling
+# thread, which keeps torch's thread pool from contending with faiss's (or with other
+# worker processes) for the cores: a pooled copy on a busy machine was 10-100× slower.
+_PIECE = 32768
+
+
+def widen(half: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`half` (float16 rows) converted into `out` (float32, same shape), in this thread:
+    by torch's vectorised conversion (F16C, ~10× numpy 1.26's) when torch imports."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency; numpy is the fallback
+        np.copyto(out, half)
+        return out
+    if not half.flags.writeable:  # a read-only map: torch wraps only writable arrays
+        half = np.array(half)
+    src, dst = torch.from_numpy(half), torch.from_numpy(out)
+    step = max(1, _PIECE // max(1, half.shape[1]))
+    for lo in range(0, len(half), step):
+        dst[lo:lo + step].copy_(src[lo:lo + step])
+    return out
+
+
+class Scratch(threading.local):
+    """Per-thread float16 and float32 row buffers, grown as needed and reused."""
+
+    def buffers(self, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        size = rows * dim
+        if getattr(self, "half", None) is None or self.half.size < size:
+            self.half = np.empty(size, dtype=np.float16)
+            self.full = np.empty(size, dtype=np.float32)
+        return (self.half[:size].reshape(rows, dim), self.full[:size].reshape(rows, dim))
+
+
+_SCRATCH = Scratch()
 
 
 class EmbeddingStore:
@@ -70,6 +108,9 @@ class EmbeddingStore:
             if a.ndim != 2 or a.shape[0] != e["rows"]:
                 raise RetrodbError(f"{m.path_of(e['file'])}: shape {a.shape}, manifest "
                                    f"says {e['rows']} rows; rerun `retrodb embed`")
+            if a.dtype != np.float16:
+                raise RetrodbError(f"{m.path_of(e['file'])}: {a.dtype} keys, retrodb "
+                                   "stores float16; rerun `retrodb embed` to recompute it")
             dims.setdefault(a.shape[1], e["file"])
         spec = self.config.get("embedder") or {}
         if len(dims) > 1:
@@ -101,23 +142,34 @@ class EmbeddingStore:
             self._maps[i] = a
         return a
 
-    def get(self, ids) -> np.ndarray:
-        """float32 rows of chunk ids (1-d array); ids must be in 0..n-1."""
+    def get(self, ids, scratch: bool = False) -> np.ndarray:
+        """float32 rows of chunk ids (1-d array); ids must be in 0..n-1.
+
+        With `scratch`, the rows are a view of this thread's reused buffer, valid until
+        its next `get(..., scratch=True)`: no fresh pages to fault in per call."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        half, out = _SCRATCH.buffers(len(ids), self.dim) if scratch else (
+            np.empty((len(ids), self.dim), dtype=np.float16),
+            np.empty((len(ids), self.dim), dtype=np.float32))
         if not len(ids):
             return out
         if ids.min() < 0 or ids.max() >= self.n:
             bad = ids[(ids < 0) | (ids >= self.n)][0]
             raise RetrodbError(f"chunk id {int(bad)} is outside the embeddings "
                                f"(0..{self.n - 1})")
-        order = np.argsort(ids, kind="stable")  # sorted reads: sequential page access
-        sids = ids[order]
+        ordered = bool((ids[1:] >= ids[:-1]).all())
+        order = None if ordered else np.argsort(ids, kind="stable")  # sequential pages
+        sids = ids if ordered else ids[order]
         shard = np.searchsorted(self.first_ids, sids, side="right") - 1
         bounds = np.flatnonzero(np.diff(shard)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(sids)]):
             s = int(shard[lo])
-            out[order[lo:hi]] = self.shard(s)[sids[lo:hi] - self.first_ids[s]]
+            np.take(self.shard(s), sids[lo:hi] - self.first_ids[s], axis=0,
+                    out=half[lo:hi])
+        if ordered:
+            widen(half, out)
+        else:
+            out[order] = widen(half, np.empty_like(out))
         return out
 
     def blocks(self, rows: int = 1 << 16) -> Iterator[tuple[int, np.ndarray]]:
@@ -125,7 +177,10 @@ class EmbeddingStore:
         for i, e in enumerate(self.entries):
             a = self.shard(i)
             for lo in range(0, len(a), rows):
-                yield e["first_id"] + lo, np.asarray(a[lo:lo + rows], dtype=np.float32)
+                part = a[lo:lo + rows]
+                yield e["first_id"] + lo, (
+                    widen(part, np.empty(part.shape, dtype=np.float32))
+                    if part.dtype == np.float16 else np.asarray(part, dtype=np.float32))
 
     def sample_ids(self, size: int, seed: int) -> np.ndarray:
         """A uniform sample of `size` distinct chunk ids, sorted (O(size) memory)."""

@@ -18,7 +18,7 @@ from ...core.errors import RetrodbError
 from ...core.manifest import Manifest
 from ...core.util import peak_rss_mb
 from ...exec.stage import Task, WorkerEnv
-from ...stores.vectors import EmbeddingStore
+from ...stores.vectors import EmbeddingStore, widen
 from .config import PART_SUFFIX, STAGE, TRAINED
 from .factory import faiss, read_index
 
@@ -67,8 +67,11 @@ class AddWorker:
                                f"{index.d}; the embeddings changed since training: remove "
                                "DB/index and rerun `retrodb index`")
         first = task.source["first_id"]
+        buf = np.empty((min(len(a), self.stage.batch), index.d), dtype=np.float32)
         for lo in range(0, len(a), self.stage.batch):
-            x = np.asarray(a[lo:lo + self.stage.batch], dtype=np.float32)
+            part = a[lo:lo + self.stage.batch]
+            x = widen(part, buf[:len(part)]) if part.dtype == np.float16 else \
+                np.ascontiguousarray(part, dtype=np.float32)
             index.add_with_ids(x, np.arange(first + lo, first + lo + len(x), dtype=np.int64))
         f = faiss()
         writer = f.FileIOWriter(str(out.main()))
