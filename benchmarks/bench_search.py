@@ -233,7 +233,7 @@ def main() -> None:
     # every index is built in a hard-linked copy: the database's own index is untouched
     ours_db = hardlinked_copy(a.db, a.work / "ours-db")
     ours = build_ours(ours_db, "auto")
-    ram_add = in_ram_add(a.db)
+    ram_add = in_ram_add(ours_db)  # its trained index, the same (hard-linked) keys
     ours["kmeans"] = kmeans_of(ours_db)
     other = "two-level" if ours["kmeans"] == "flat" else "flat"
     alt = None if a.skip_flat else build_ours(hardlinked_copy(a.db, a.work / "alt-db"),
