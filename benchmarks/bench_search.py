@@ -200,8 +200,10 @@ def build_peers(kinds, keys_dir: str, work: Path, rebuild: bool, n: int) -> dict
             if p.returncode:
                 raise SystemExit(f"{kind} build failed:\n{p.stderr[-3000:]}")
             rec.write_text(json.dumps({**json.loads(p.stdout.strip().splitlines()[-1]),
-                                       "n": n}))
-        built[kind] = json.loads(rec.read_text())
+                                       "n": n, "built_at": time.strftime(
+                                           "%Y-%m-%d %H:%M:%S", time.gmtime())}))
+            built[kind] = {**json.loads(rec.read_text()), "this_run": True}
+        built.setdefault(kind, {**json.loads(rec.read_text()), "this_run": False})
         print(f"{kind}: built in {built[kind]['seconds']:.0f} s", file=sys.stderr)
     return built
 
@@ -216,6 +218,7 @@ def main() -> None:
     ap.add_argument("--skip-flat", action="store_true", help="no second build with the "
                     "other k-means (flat or two-level)")
     a = ap.parse_args()
+    a.work = a.work.resolve()  # ScaNN's saved assets name their files by this path
     sys.path.insert(0, str(ROOT))
     from retrodb.stages.index.recall import exact_search
     from retrodb.stores.vectors import EmbeddingStore
@@ -336,6 +339,11 @@ def report(res, store, points, chosen, qps, memory, builds, ours, ram_add, alt) 
                          "nprobe values; training took {two_level_train_s} s against "
                          "{flat_train_s} s. The default here ran {kmeans} k-means "
                          "(two-level from 4,096 lists on).")
+    reused = [f"{LABELS[k]} (built {b.get('built_at', 'earlier')})" for k, b in
+              builds.items() if k != "retrodb" and not b.get("this_run", True)]
+    if reused:
+        res.notes.append("Peers reused from an earlier run over the same keys (their build "
+                         "times are from then): " + "; ".join(reused) + ".")
     res.notes.append("retrodb: {factory} over {n} keys of dimension {dim}, "
                      "{resident_ours} B/vector resident, built in {ours_build_s} s.")
 
