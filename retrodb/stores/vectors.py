@@ -29,10 +29,13 @@ _PIECE = 32768
 
 def widen(half: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`half` (float16 rows) converted into `out` (float32, same shape), in this thread:
-    by torch's vectorised conversion (F16C, ~10× numpy 1.26's) when torch imports."""
+    by torch's vectorised conversion (F16C, ~10× numpy 1.26's) when torch imports.
+    Rows of another dtype are copied by numpy."""
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency; numpy is the fallback
+        torch = None
+    if torch is None or half.dtype != np.float16:
         np.copyto(out, half)
         return out
     if not half.flags.writeable:  # a read-only map: torch wraps only writable arrays
@@ -47,9 +50,11 @@ def widen(half: np.ndarray, out: np.ndarray) -> np.ndarray:
 class Scratch(threading.local):
     """Per-thread float16 and float32 row buffers, grown as needed and reused."""
 
+    half = full = np.empty(0, dtype=np.float16)  # each thread starts with none
+
     def buffers(self, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
         size = rows * dim
-        if getattr(self, "half", None) is None or self.half.size < size:
+        if self.half.size < size:
             self.half = np.empty(size, dtype=np.float16)
             self.full = np.empty(size, dtype=np.float32)
         return (self.half[:size].reshape(rows, dim), self.full[:size].reshape(rows, dim))
@@ -178,9 +183,7 @@ class EmbeddingStore:
             a = self.shard(i)
             for lo in range(0, len(a), rows):
                 part = a[lo:lo + rows]
-                yield e["first_id"] + lo, (
-                    widen(part, np.empty(part.shape, dtype=np.float32))
-                    if part.dtype == np.float16 else np.asarray(part, dtype=np.float32))
+                yield e["first_id"] + lo, widen(part, np.empty(part.shape, np.float32))
 
     def sample_ids(self, size: int, seed: int) -> np.ndarray:
         """A uniform sample of `size` distinct chunk ids, sorted (O(size) memory)."""
