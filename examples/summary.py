@@ -9,9 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
+from retrodb.cli.common import print_table, table
 from retrodb.query.info import db_info
 
 
@@ -19,7 +17,7 @@ def main() -> None:
     db = Path(sys.argv[1])
     info = db_info(db)
     st = info["stages"]
-    t = Table("", "result", "where", title=f"retrodb demo: {db}")
+    t = table("", "result", "where", title=f"retrodb demo: {db}")
     c = st["chunks"]
     t.add_row("corpus", f"{st['docs']['rows']:,} documents → {c['rows']:,} chunks of "
               f"{info['chunk_size']} tokens ({c['tokens']:,} tokens) in {c['shards']} "
@@ -55,7 +53,7 @@ def main() -> None:
         t.add_row(f"model {run}", f"step {r['step']}: " + "; ".join(parts) +
                   f" — {r['no_retrieval']['tokens']:,} validation tokens",
                   f"{db}/models/{run}")
-    Console().print(t)
+    print_table(t)  # folded on a terminal; whole, tab-separated, in a log
 
 
 if __name__ == "__main__":
