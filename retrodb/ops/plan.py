@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import RetrodbError
+from ..stages.index.kmeans import REFINE_ROUNDS, TWO_LEVEL_FROM
 
 RATES_FILE = Path(__file__).with_name("rates.json")
 
@@ -31,7 +32,8 @@ DEFAULTS: dict[str, tuple[float, str]] = {
     "add_vectors_per_cpu_s": (2e4, "estimate"),
     "kmeans_core_s_per_unit": (170 * 2 / (200_000 * 4096 * 384),
                                "measured: 4096 lists on 200k × 384-d in 170 s, 2 cores"),
-    # two-level k-means: per vector × (√nlist + nlist/√nlist) × dim
+    # two-level k-means and its refinement rounds (both scale alike): per vector ×
+    # (√nlist + nlist/√nlist) × dim
     "kmeans2_core_s_per_unit": (1.5 * 170 * 2 / (200_000 * 4096 * 384),
                                 "estimate: flat k-means' rate, 1.5× for the smaller "
                                 "second-level problems"),
@@ -128,7 +130,7 @@ def plan(cfg: PlanConfig, rates: dict | None = None) -> dict[str, Any]:
     factory = cfg.factory or _rule(int(n), cfg.dim)
     nlist, code = parse_factory(factory)
     train_n = min(n, cfg.train_points_per_list * nlist)
-    two_level = nlist >= 4096  # what `retrodb index --kmeans auto` does
+    two_level = nlist >= TWO_LEVEL_FROM  # what `retrodb index --kmeans auto` does
     top = math.sqrt(nlist)
     km_units = train_n * ((top + nlist / top) if two_level else nlist) * cfg.dim
     bytes_per_token = 4.0  # English text in a BERT WordPiece: ~4 bytes a token
@@ -154,7 +156,8 @@ def plan(cfg: PlanConfig, rates: dict | None = None) -> dict[str, Any]:
                nlist * cfg.dim * 4,
                f"{'two-level' if two_level else 'flat'} k-means of {nlist:,} lists on "
                f"{train_n:.3g} vectors" + (f" ({round(top):,} groups, then each into "
-                                           f"~{round(nlist / top):,})" if two_level else "")),
+                                           f"~{round(nlist / top):,}; {REFINE_ROUNDS} "
+                                           "refinement rounds)" if two_level else "")),
         _stage("index add", n, "vectors", r["add_vectors_per_cpu_s"], "CPU", cfg.cpus,
                cfg.cores_per_machine, cfg, n * code,
                f"{shards:,} parts in parallel; {code} B/vector (codes + id)", shards, coord),
