@@ -20,6 +20,7 @@ from retrodb.core.errors import RetrodbError
 from retrodb.stages.index import (IndexConfig, add_parts, build_index, choose_factory,
                                   merge_index, train_index)
 from retrodb.stores.searcher import IndexSearcher
+from retrodb.core.db import Database
 from retrodb.core.manifest import Manifest
 from retrodb.core.storage import sha256_file
 
@@ -41,52 +42,113 @@ def exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 # Correctness
 
 
-def test_sharded_add_and_merge_equal_one_in_ram_index(indexed_db):
-    """3 parts added by 2 workers and merged on disk = one index.add of everything."""
+def one_in_ram_index(db: Path):
+    """The trained index with every key added by one `add_with_ids`, in RAM."""
+    x = all_keys(db)
+    ref = faiss.read_index(str(db / "index" / "trained.faiss"))
+    ref.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    return ref
+
+
+def test_sharded_add_and_packed_merge_equal_one_in_ram_index(indexed_db):
+    """3 parts added by 2 workers and merged into fast-scan lists on disk = faiss's own
+    fast-scan conversion of one in-RAM index.add of everything: the same packed bytes
+    and ids in every list, the same results at every nprobe."""
     m = manifest(indexed_db)
     assert [e["shard"] for e in m.shards] == [0, 1, 2]
+    assert m.data["merged"]["format"] == "fast-scan"
     x = all_keys(indexed_db)
-    ref = faiss.read_index(str(indexed_db / "index" / "trained.faiss"))
-    ref.add_with_ids(x, np.arange(len(x), dtype=np.int64))
-    s = IndexSearcher(indexed_db, candidates=0, fast=False)  # the on-disk lists as they are
-    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(s.index).invlists)
-    assert isinstance(lists, faiss.OnDiskInvertedLists) and s.index.ntotal == len(x)
+    plain = one_in_ram_index(indexed_db)
+    ref = faiss.IndexIVFPQFastScan(faiss.downcast_index(plain))
+    s = IndexSearcher(indexed_db, candidates=0)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(s.index))
+    assert isinstance(ivf, faiss.IndexIVFPQFastScan) and s.ntotal == len(x)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)  # memory-mapped, not in RAM
+    for i in range(ivf.nlist):
+        n = ref.invlists.list_size(i)
+        assert lists.list_size(i) == n
+        nbytes = (n + 31) // 32 * 32 * ivf.code_size
+        np.testing.assert_array_equal(
+            faiss.rev_swig_ptr(lists.get_codes(i), nbytes),
+            faiss.rev_swig_ptr(ref.invlists.get_codes(i), nbytes))
+        np.testing.assert_array_equal(faiss.rev_swig_ptr(lists.get_ids(i), n),
+                                      faiss.rev_swig_ptr(ref.invlists.get_ids(i), n))
     for nprobe in (1, 4, 16):
-        faiss.extract_index_ivf(ref).nprobe = nprobe
+        ref.nprobe = nprobe
         d_ref, i_ref = ref.search(x, 10)
         d, i = s.search(x, 10, nprobe=nprobe, candidates=0)
         np.testing.assert_array_equal(i, i_ref)
         np.testing.assert_array_equal(d, d_ref)
 
 
-def test_searches_run_fast_scan_over_the_same_lists(indexed_db):
-    """The searcher repacks the merged 4-bit lists into fast-scan blocks in RAM: the
-    same vectors, near-identical rankings (fast-scan rounds its lookup tables to 8 bits)."""
+def test_codes_other_than_4_bit_are_merged_as_they_are(fake_db):
+    """2-bit PQ (no fast-scan layout): the merged on-disk lists = one in-RAM index."""
+    build_index(fake_db, IndexConfig(factory="IVF8,PQ8x2", workers=2, recall_queries=50))
+    assert "format" not in manifest(fake_db).data["merged"]
+    x = all_keys(fake_db)
+    ref = one_in_ram_index(fake_db)
+    s = IndexSearcher(fake_db, candidates=0)
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(s.index)),
+                      faiss.IndexIVFPQ)
+    for nprobe in (1, 8):
+        faiss.extract_index_ivf(ref).nprobe = nprobe
+        np.testing.assert_array_equal(s.search(x, 10, nprobe=nprobe, candidates=0)[1],
+                                      ref.search(x, 10)[1])
+
+
+def test_fast_scan_finds_what_the_plain_pq_scan_finds(indexed_db):
+    """Fast-scan rounds its lookup tables to 8 bits: near-identical rankings to the
+    plain PQ scan of the same codes; re-ranked, the scores are exact."""
     x = all_keys(indexed_db)
     fast = IndexSearcher(indexed_db, candidates=0)
-    plain = IndexSearcher(indexed_db, candidates=0, fast=False)
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(fast.index))
-    assert isinstance(ivf, faiss.IndexIVFPQFastScan) and ivf.ntotal == len(x)
+    plain = one_in_ram_index(indexed_db)
+    faiss.extract_index_ivf(plain).nprobe = 16
     _, i_fast = fast.search(x, 10, nprobe=16, candidates=0)
-    _, i_plain = plain.search(x, 10, nprobe=16, candidates=0)
+    _, i_plain = plain.search(x, 10)
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i_fast, i_plain)])
     assert overlap >= 0.95
-    # re-ranked with the exact keys, both give the exact scores of what they found
     s_fast, r_fast = fast.search(x, 10, nprobe=16, candidates=40)
     got = np.einsum("qkd,qd->qk", x[np.maximum(r_fast, 0)], x)
     np.testing.assert_allclose(s_fast, got, rtol=1e-5, atol=1e-5)
 
 
+def test_a_plain_4_bit_merge_of_an_earlier_release_is_refused_then_migrated(
+        indexed_db, tmp_path, monkeypatch):
+    """4-bit lists merged in the plain layout (as the previous release did): searching
+    says how to re-merge; `retrodb index` re-merges them as fast-scan lists without
+    retraining, and the searches then equal a fresh build's."""
+    import retrodb.stages.index.merge as merge_mod
+
+    x = all_keys(indexed_db)[:100]
+    want = IndexSearcher(indexed_db).search(x, 10, 4, 40)
+    db = copy_db(indexed_db, tmp_path / "old")
+    monkeypatch.setattr(merge_mod, "packable", lambda index: False)
+    m = manifest(db)
+    merge_mod.merge_parts(Database(db), m, m.shards, [
+        {"shard": e["shard"], "sha256": e["sha256"]} for e in m.shards], None)
+    assert "format" not in manifest(db).data["merged"]
+    with pytest.raises(RetrodbError, match="earlier retrodb in the plain layout; run "
+                       f"`retrodb index --db {db}` once"):
+        IndexSearcher(db)
+    monkeypatch.undo()
+    trained = manifest(db).data["trained"]["sha256"]
+    r = build_index(db, IndexConfig(factory="IVF16,PQ32x4", recall_queries=50))
+    assert r.merged and manifest(db).data["trained"]["sha256"] == trained
+    assert manifest(db).data["merged"]["format"] == "fast-scan"
+    np.testing.assert_array_equal(IndexSearcher(db).search(x, 10, 4, 40)[1], want[1])
+
+
 def test_searcher_maps_the_centroids_from_the_trained_index(indexed_db, tmp_path):
-    """The fast-scan searcher takes its coarse centroids memory-mapped from trained.faiss;
-    without that file (or with one of other centroids) it keeps the merged index's own,
-    and the results are the same either way."""
+    """The searcher takes its coarse centroids memory-mapped from trained.faiss; without
+    that file (or with one of other centroids) it keeps the merged index's own, and the
+    results are the same either way."""
     from retrodb.stores.searcher import mapped_trained
 
     x = all_keys(indexed_db)[:200]
     mapped = IndexSearcher(indexed_db)
-    plain = IndexSearcher(indexed_db, fast=False)
-    assert mapped_trained(manifest(indexed_db), faiss.extract_index_ivf(plain.index))
+    trained = faiss.read_index(str(indexed_db / "index" / "trained.faiss"))
+    assert mapped_trained(manifest(indexed_db), faiss.extract_index_ivf(trained))
     q = faiss.downcast_index(faiss.extract_index_ivf(mapped.index).quantizer)
     assert q.ntotal == 16
     want = mapped.search(x, 10, nprobe=4, candidates=40)
@@ -104,7 +166,7 @@ def test_searcher_maps_the_centroids_from_the_trained_index(indexed_db, tmp_path
     m.record(None, trained={**m.data["trained"],
                             "bytes": (other / "index" / "trained.faiss").stat().st_size})
     m.flush()
-    assert mapped_trained(manifest(other), faiss.extract_index_ivf(plain.index)) is None
+    assert mapped_trained(manifest(other), faiss.extract_index_ivf(trained)) is None
     np.testing.assert_array_equal(IndexSearcher(other).search(x, 10, 4, 40)[1], want[1])
 
 
@@ -427,7 +489,11 @@ def test_cli_index_steps_json_and_info(fake_db):
     idx = json.loads(p.stdout)["stages"]["index"]
     chosen = manifest(fake_db).data["recall"]["chosen"]
     assert idx["nprobe"] == chosen["nprobe"] and idx["recall"] == chosen["recall@10"]
-    assert idx["rows"] == 874 and idx["bytes_per_vector"] == (4 + 8)  # PQ8x4 + id
+    # PQ8x4 + id, and each list's last fast-scan block filled to 32 vectors
+    lists = fake_db / "index" / manifest(fake_db).data["merged"]["ivfdata"]["file"]
+    assert idx["rows"] == 874 and idx["bytes_per_vector"] == round(
+        lists.stat().st_size / 874, 1)
+    assert 4 + 8 <= idx["bytes_per_vector"] <= (874 + 8 * 31) * (4 + 8) / 874
     p = run("info", str(fake_db))
     assert p.returncode == 0 and f"nprobe {chosen['nprobe']}" in p.stdout
 

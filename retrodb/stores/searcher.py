@@ -1,8 +1,8 @@
 """Searching the merged index, with exact re-ranking from the embedding shards.
 
 The merged index (quantizer, OPQ, codebooks in `merged.<g>.faiss`; inverted lists in
-`merged.<g>.ivfdata`) is opened memory-mapped and read-only: it can exceed RAM, and
-processes on one machine share the page cache. A longer candidate list from the PQ
+`merged.<g>.ivfdata`, 4-bit codes in faiss's fast-scan blocks) is opened memory-mapped
+and read-only: it can exceed RAM, and processes on one machine share the page cache. A longer candidate list from the PQ
 codes is re-scored with the exact float16 keys (faiss's IndexRefine idea, served from
 memory-mapped shards instead of RAM). The operating point (nprobe, candidates) is the
 one measured and chosen when the index was merged, unless given.
@@ -90,36 +90,57 @@ def mapped_trained(m: Manifest, ivf):
     return t
 
 
-def fast_scan(index, shared=None):
-    """The index to search: 4-bit PQ lists repacked into faiss's fast-scan layout in RAM
-    (codes scanned 32 at a time in SIMD registers: the peers' speed), else `index`.
-
-    The merged lists stay plain on-disk IVF-PQ lists (what parts and appends merge);
-    only a searching process holds the packed copy: code_size + 8 bytes per vector.
-    With `shared` (`mapped_trained`), the packed index takes its quantizer and
-    transform from there, and `index` (with its in-RAM quantizer) can be dropped."""
+def fast_scan_of(trained):
+    """An empty fast-scan index (32-vector blocks) on the trained index's quantizer,
+    codebooks and transform, which it references: the structure packed lists go in."""
     f = faiss()
+    sub = f.downcast_index(f.extract_index_ivf(trained))
+    fs = f.IndexIVFPQFastScan(sub, 32)
+    fs.referenced_objects = [trained]
+    top = f.downcast_index(trained)
+    if not isinstance(top, f.IndexPreTransform):
+        return fs
+    if top.chain.size() != 1:  # pragma: no cover - factories give one transform
+        raise RetrodbError(f"{top.chain.size()} transforms before the lists: not packable")
+    wrapped = f.IndexPreTransform(top.chain.at(0), fs)
+    wrapped.referenced_objects = [top, fs]
+    return wrapped
+
+
+def moved_lists(index, shared):
+    """A fast-scan index on `shared` (`mapped_trained`: centroids memory-mapped) that
+    takes over the packed on-disk lists of `index`; `index` keeps and frees its own
+    copy of the centroids."""
+    f = faiss()
+    out = fast_scan_of(shared)
+    src, dst = f.extract_index_ivf(index), f.extract_index_ivf(out)
+    src.own_invlists = False
+    dst.replace_invlists(src.invlists, True)
+    out.ntotal = dst.ntotal = src.ntotal
+    return out
+
+
+def open_merged(db: Database, m: Manifest, merged: dict):
+    """The merged index, memory-mapped read-only: fast-scan lists as written by the
+    merge (`format` "fast-scan"), other codes' lists as they are. 4-bit lists merged in
+    the plain layout by an earlier release are refused with how to re-merge them."""
+    f = faiss()
+    path = m.path_of(merged["file"]).local()
+    m.path_of(merged["ivfdata"]["file"]).local()  # beside it (fetched if remote)
+    index = read_index(path, f.IO_FLAG_ONDISK_SAME_DIR | f.IO_FLAG_READ_ONLY)
     ivf = f.extract_index_ivf(index)
+    lists = f.downcast_InvertedLists(ivf.invlists)
+    if isinstance(lists, f.OnDiskInvertedLists):
+        lists.prefetch_nthread = 0  # mapped: the page cache reads ahead, no threads
+    if merged.get("format") == "fast-scan":
+        shared = mapped_trained(m, ivf)
+        return index if shared is None else moved_lists(index, shared)
     sub = f.downcast_index(ivf)
-    if not isinstance(sub, f.IndexIVFPQ) or sub.pq.nbits != 4 or sub.pq.M % 2:
-        return index
-    with quiet_c_stdout():
-        fs = f.IndexIVFPQFastScan(sub)
-    fs.referenced_objects = [sub, index]  # the quantizer is shared with the original
-    owner = index
-    if shared is not None:
-        fs.quantizer = f.extract_index_ivf(shared).quantizer
-        fs.referenced_objects = [shared]
-        owner = shared
-    top = f.downcast_index(owner)
-    if isinstance(top, f.IndexPreTransform):
-        wrapped = f.IndexPreTransform(top.chain.at(0), fs) if top.chain.size() == 1 \
-            else None
-        if wrapped is None:  # pragma: no cover - factories give one transform
-            return index
-        wrapped.referenced_objects = [top, fs]
-        return wrapped
-    return fs
+    if isinstance(sub, f.IndexIVFPQ) and sub.pq.nbits == 4 and sub.pq.M % 2 == 0:
+        raise RetrodbError(f"{path}: merged by an earlier retrodb in the plain layout; "
+                           f"run `retrodb index --db {db.root}` once to "
+                           "merge it again as fast-scan lists (no retraining)")
+    return index
 
 
 HNSW_EF = 16  # faiss's default efSearch: an HNSW quantizer searches at least this wide
@@ -146,8 +167,7 @@ class IndexSearcher:
     """
 
     def __init__(self, db, nprobe: int | None = None, candidates: int | None = None,
-                 store: EmbeddingStore | None = None, fast: bool = True):
-        f = faiss()
+                 store: EmbeddingStore | None = None):
         db = Database(db)
         self.db = db
         m, merged = merged_index(db)
@@ -163,12 +183,7 @@ class IndexSearcher:
             raise RetrodbError(f"--nprobe {self.nprobe}: must be at least 1")
         if self.candidates < 0:
             raise RetrodbError(f"--candidates {self.candidates}: must be 0 or positive")
-        path = m.path_of(merged["file"]).local()
-        m.path_of(merged["ivfdata"]["file"]).local()  # beside it (fetched if remote)
-        ondisk = read_index(path, f.IO_FLAG_ONDISK_SAME_DIR | f.IO_FLAG_READ_ONLY)
-        shared = mapped_trained(m, f.extract_index_ivf(ondisk)) if fast else None
-        self.index = fast_scan(ondisk, shared) if fast else ondisk
-        del ondisk  # when repacked, its lists unmap and its quantizer is freed
+        self.index = open_merged(db, m, merged)
         self.d = int(self.index.d)
         self.ntotal = int(self.index.ntotal)
         self._store = store

@@ -70,8 +70,7 @@ class AddWorker:
         buf = np.empty((min(len(a), self.stage.batch), index.d), dtype=np.float32)
         for lo in range(0, len(a), self.stage.batch):
             part = a[lo:lo + self.stage.batch]
-            x = widen(part, buf[:len(part)]) if part.dtype == np.float16 else \
-                np.ascontiguousarray(part, dtype=np.float32)
+            x = widen(part, buf[:len(part)])
             index.add_with_ids(x, np.arange(first + lo, first + lo + len(x), dtype=np.int64))
         f = faiss()
         writer = f.FileIOWriter(str(out.main()))

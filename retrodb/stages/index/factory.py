@@ -1,8 +1,8 @@
 """Choosing and building the empty faiss index, and the faiss facts retrodb relies on.
 
 Without `--factory`, retrodb's rule chooses (`rule_factory`): IVF lists ~4√n (an HNSW
-coarse quantizer from 8,192 lists) and 4-bit PQ codes of d/8 bytes, which the searcher
-repacks into faiss's fast-scan layout (benchmarks/bench_search.py measured it against
+coarse quantizer from 8,192 lists) and 4-bit PQ codes of d/8 bytes, which the merge
+writes in faiss's fast-scan layout (benchmarks/bench_search.py measures it against
 ScaNN, HNSW and the other faiss layouts). `--chooser autofaiss` asks autofaiss's
 `get_optimal_index_keys_v2` instead, for the vector count and the memory budget (its
 own builder breaks on faiss ≥ 1.14.2, so faiss builds the index). Any `--factory` must

@@ -1,10 +1,12 @@
 """Step 3: merge every part into one index whose inverted lists live in a file.
 
-`OnDiskInvertedLists.merge_from_multiple` over the memory-mapped parts streams the lists
-and never holds them in RAM. Each merge writes a new generation (`merged.<g>.faiss` +
-`merged.<g>.ivfdata`) and switches the manifest to it, so a reader never sees a
-half-written index; then recall is measured against exact search and the operating
-point chosen (`recall.py`).
+The merge streams the lists from the memory-mapped parts and never holds them in RAM:
+4-bit PQ lists are written packed for fast-scan search (`packed.py`), other codes as
+they are by `OnDiskInvertedLists.merge_from_multiple`. A merged index in an earlier
+layout is merged again (the parts are kept; nothing is retrained). Each merge writes
+a new generation (`merged.<g>.faiss` + `merged.<g>.ivfdata`) and switches the manifest
+to it, so a reader never sees a half-written index; then recall is measured against
+exact search and the operating point chosen (`recall.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ...stores.searcher import merged_ok
 from ...stores.vectors import EmbeddingStore
 from .config import TRAINED, IndexConfig, IndexResult
 from .factory import faiss, read_index
+from .packed import FORMAT, packable, write_packed
 from .recall import measure_recall
 
 
@@ -48,7 +51,9 @@ def merge(db: Database, store: EmbeddingStore, cfg: IndexConfig, result: IndexRe
     want = [{"shard": e["shard"], "sha256": parts[e["shard"]]["sha256"]}
             for e in store.entries]
     merged = m.data.get("merged")
-    if merged is not None and merged.get("parts") == want and merged_ok(m, merged):
+    layout = FORMAT if packable(read_index((db.index / TRAINED).local())) else None
+    if merged is not None and merged.get("parts") == want and merged_ok(m, merged) \
+            and merged.get("format") == layout:  # else migrated to the current layout
         result.ntotal = merged["ntotal"]
     else:
         merged = merge_parts(db, m, [parts[p["shard"]] for p in want], want, on_progress)
@@ -92,6 +97,24 @@ def _open_parts(db: Database, m: Manifest, ivf, entries: list[dict]):
     return lists, keep
 
 
+def write_plain(index, lists, ivf_tmp, ivf_name: str, idx_tmp) -> int:
+    """The parts' lists merged as they are (codes other than 4-bit PQ)."""
+    f = faiss()
+    ivf = f.extract_index_ivf(index)
+    ondisk = f.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivf_tmp))
+    with quiet_c_stdout():
+        ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False, False)
+    ivf.replace_invlists(ondisk, True)
+    ondisk.this.disown()  # the index owns the lists now
+    index.ntotal = ivf.ntotal = ntotal
+    # The lists' file name without its directory: readers open it next to the index
+    # (IO_FLAG_ONDISK_SAME_DIR), so a database can be moved or copied, and the merged
+    # index is the same bytes wherever it was built.
+    ondisk.filename = ivf_name
+    f.write_index(index, str(idx_tmp))
+    return int(ntotal)
+
+
 def merge_parts(db: Database, m: Manifest, entries: list[dict], want: list[dict],
                 on_progress: ProgressFn | None) -> dict:
     """Write generation g+1 of the merged index; switch the manifest to it; drop g."""
@@ -105,23 +128,18 @@ def merge_parts(db: Database, m: Manifest, entries: list[dict], want: list[dict]
     if on_progress:
         on_progress(Progress("merge", 0, len(entries), "parts"))
     lists, keep = _open_parts(db, m, ivf, entries)
+    packed = packable(index)
     with ivf_loc.writing() as ivf_tmp, idx_loc.writing() as idx_tmp:
-        ondisk = f.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivf_tmp))
-        with quiet_c_stdout():
-            ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False, False)
+        if packed:
+            ntotal = write_packed(index, [lists.at(i) for i in range(lists.size())],
+                                  ivf_tmp, ivf_loc.name, idx_tmp, on_progress)
+        else:
+            ntotal = write_plain(index, lists, ivf_tmp, ivf_loc.name, idx_tmp)
         if on_progress:
             on_progress(Progress("merge", len(entries), len(entries), "parts"))
         expected = sum(e["rows"] for e in entries)
         if ntotal != expected:  # pragma: no cover - a faiss contract
             raise RetrodbError(f"{ivf_loc}: merged {ntotal} vectors, parts hold {expected}")
-        ivf.replace_invlists(ondisk, True)
-        ondisk.this.disown()  # the index owns the lists now
-        index.ntotal = ivf.ntotal = ntotal
-        # The lists' file name without its directory: readers open it next to the index
-        # (IO_FLAG_ONDISK_SAME_DIR), so a database can be moved or copied, and the merged
-        # index is the same bytes wherever it was built.
-        ondisk.filename = ivf_loc.name
-        f.write_index(index, str(idx_tmp))
         del index, ivf, keep, lists  # unmap the parts and the on-disk lists
         ivf_digest, idx_digest = sha256_file(ivf_tmp), sha256_file(idx_tmp)
         point("index.merge")  # lists on disk, the merged index not yet named
@@ -129,6 +147,8 @@ def merge_parts(db: Database, m: Manifest, entries: list[dict], want: list[dict]
               "ivfdata": file_record(ivf_loc, ivf_loc.name, ivf_digest),
               "generation": gen, "ntotal": int(ntotal), "parts": want,
               "seconds": round(time.time() - t0, 3)}
+    if packed:
+        merged["format"] = FORMAT
     merged["extra"] = [merged["ivfdata"]]
     m.record(None, merged=merged, recall=None)
     if old is not None:  # readers that opened it keep their mapping until they close
