@@ -38,9 +38,19 @@ def _info(info: dict, workers: dict | None = None) -> str:
 class _Step:
     def __init__(self, p):
         self.t0 = time.monotonic()
+        self.base = p.done  # done before this process saw the step (a resumed run)
         self.p = p
         self.printed = 0.0
         self.finished = False
+
+    def rate(self, elapsed: float) -> float:
+        """Units per second since the step was first seen; 0 (unknown) until some work
+        was measured over at least RATE_AFTER seconds."""
+        moved = self.p.done - self.base
+        return moved / elapsed if moved > 0 and elapsed >= RATE_AFTER else 0.0
+
+
+RATE_AFTER = 0.5  # s: a rate over a shorter span is noise (3 steps in 10 µs: 300k/s)
 
 
 class Reporter:
@@ -102,7 +112,7 @@ class Reporter:
     def _line(self, name: str, st: _Step) -> None:
         p = st.p
         el = time.monotonic() - st.t0
-        rate = p.done / el if el > 0 else 0.0
+        rate = st.rate(el)
         if p.total:
             done = human_count(p.done) if p.unit != "bytes" else human_bytes(p.done)
             parts = [f"{name}: {done} of {_amount(p.total, p.unit)} "

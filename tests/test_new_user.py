@@ -80,12 +80,19 @@ def test_progress_lines_when_not_a_terminal(capsys):
     capsys.readouterr()
     with Reporter(every=0.3, tty=False) as r:
         r.update(Progress("train", 3, 40, "steps", {"loss": 7.25, "lr": 1e-4}))
-        time.sleep(2.0)  # a long step: nothing reported, lines keep coming
+        time.sleep(1.2)  # a long step: nothing reported, lines keep coming
+        r.update(Progress("train", 13, 40, "steps", {"loss": 7.0}))
+        time.sleep(0.8)
         r.update(Progress("train", 40, 40, "steps", {"loss": 6.5}))
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) >= 4, lines
     assert lines[0].startswith("train: 3 of 40 steps (8%)") and "loss 7.25" in lines[0]
-    assert "ETA" in lines[0] and "steps/s" in lines[0]
+    # no rate from the first instant (3 steps already done: not 3 per microsecond)
+    assert "/s" not in lines[0] and "ETA" not in lines[0]
+    mid = [x for x in lines if x.startswith("train: 13 of 40")]
+    assert mid, lines  # 10 steps in ~1.2 s: ~8 steps/s, ETA ~3 s
+    rate = float(mid[-1].split(" · ")[1].split()[0])
+    assert 2 < rate < 10 and "ETA" in mid[-1], mid[-1]
     assert lines[-1].startswith("train: 40 of 40 steps (100%)") and "loss 6.5" in lines[-1]
     assert all("…" not in x for x in lines)
 
