@@ -52,6 +52,8 @@ def fmt(x) -> str:
         return x
     if x is None or x != x:
         return "–"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return f"{x:,}"  # counts and sizes: whole (384, not 384.0)
     a = abs(x)
     if a >= 1000:
         return f"{x:,.0f}"
