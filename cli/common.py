@@ -84,16 +84,17 @@ def table(*columns: str, title: str | None = None):
     return t
 
 
-def print_table(t) -> None:
-    """On a terminal, rich's table; otherwise tab-separated lines (whole cells)."""
-    if sys.stdout.isatty():
-        out.print(t)
+def print_table(t, stderr: bool = False) -> None:
+    """On a terminal, rich's table; otherwise tab-separated lines (whole cells), on
+    stdout or (`stderr`) with the progress and notes."""
+    stream, console = (sys.stderr, err) if stderr else (sys.stdout, out)
+    if stream.isatty():
+        console.print(t)
         return
-    if t.title:
-        write(str(t.title))
-    write("\t".join(str(c.header) for c in t.columns))
-    for row in zip(*[c._cells for c in t.columns]):
-        write("\t".join(_plain(x) for x in row))
+    lines = ([str(t.title)] if t.title else []) + \
+        ["\t".join(str(c.header) for c in t.columns)] + \
+        ["\t".join(_plain(x) for x in row) for row in zip(*[c._cells for c in t.columns])]
+    stream.write("".join(line + "\n" for line in lines))
 
 
 def _plain(cell) -> str:

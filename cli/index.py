@@ -209,7 +209,7 @@ def report(result, json_out: bool) -> None:
 
 def recall_table(rec: dict, factory: str = "") -> None:
     """The recall sweep (stderr): what each nprobe × candidates setting reached."""
-    from .common import table
+    from .common import print_table, table
 
     k = rec["k"]
     chosen = rec["chosen"]
@@ -223,7 +223,7 @@ def recall_table(rec: dict, factory: str = "") -> None:
         t.add_row(str(p["nprobe"]), str(p["candidates"] or codes),
                   f"{p['recall@1']:.3f}", f"{p[f'recall@{k}']:.3f}",
                   f"{p['ms_per_query']:.3f}{mark}")
-    err.print(t)
+    print_table(t, stderr=True)
     line = (f"chosen: nprobe {chosen['nprobe']}, {chosen['candidates']} candidates "
             f"re-ranked → recall@{k} {chosen[f'recall@{k}']:.3f}, "
             f"{chosen['ms_per_query']:.3f} ms/query")

@@ -482,6 +482,8 @@ def test_cli_index_steps_json_and_info(fake_db):
     p = run("index", "merge", "--db", str(fake_db), "--recall-queries", "200")
     assert p.returncode == 0, p.stderr
     assert "chosen: nprobe" in p.stderr and p.stdout == ""
+    # in a log the recall sweep is tab-separated lines, not a box-drawn table
+    assert "nprobe\tcandidates\trecall@1" in p.stderr and "┃" not in p.stderr
     p = run("index", "--db", str(fake_db), "--recall-queries", "200", "--json")
     result = json.loads(p.stdout)  # stdout is JSON only (faiss's notices are silenced)
     assert result["parts_added"] == 0 and not result["merged"]
