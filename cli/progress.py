@@ -119,8 +119,9 @@ class Reporter:
                      f"({100 * p.done / p.total:.0f}%)"]
         else:
             parts = [f"{name}: {_amount(p.done, p.unit)}"]
-        if rate:
-            parts.append(f"{_amount(rate, p.unit)}/s")
+        if rate:  # below 10/s with 2 significant digits: 0.38 steps/s, not 0
+            parts.append(f"{rate:.2g} {p.unit}/s" if rate < 10 and p.unit != "bytes"
+                         else f"{_amount(rate, p.unit)}/s")
         parts.append(f"{_hms(el)} elapsed")
         if p.total and rate and p.done < p.total:
             parts.append(f"ETA {_hms((p.total - p.done) / rate)}")

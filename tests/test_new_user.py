@@ -94,6 +94,13 @@ def test_progress_lines_when_not_a_terminal(capsys):
     rate = float(mid[-1].split(" · ")[1].split()[0])
     assert 2 < rate < 10 and "ETA" in mid[-1], mid[-1]
     assert lines[-1].startswith("train: 40 of 40 steps (100%)") and "loss 6.5" in lines[-1]
+    with Reporter(every=0.3, tty=False) as r:  # a slow step: its rate is not "0 steps/s"
+        r.update(Progress("train", 0, 10, "steps"))
+        time.sleep(0.6)
+        r.update(Progress("train", 1, 10, "steps"))
+        time.sleep(0.4)
+    slow = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train: 1 of")]
+    assert slow and " 0 steps/s" not in slow[-1] and "steps/s" in slow[-1], slow
     assert all("…" not in x for x in lines)
 
 
