@@ -44,3 +44,24 @@ def test_token_store_matches_chunks_and_appends(tmp_path, corpus_files):
     assert len(list((db / "tokens").glob("0*.npy"))) == before + len(r.shards)
     assert build_tokens(db) == 0
     assert TokenStore(db).n_chunks == read_chunks(db).num_rows
+
+
+@pytest.mark.parametrize("few", [16, 0])  # ids grouped by comparison, and by one sort
+def test_lookups_across_shards_match_the_chunks(tmp_path, corpus_files, monkeypatch, few):
+    import retrodb.stores.tokens as tokens_mod
+
+    monkeypatch.setattr(tokens_mod, "FEW_SHARDS", few)
+    db = tmp_path / "db"
+    chunk_corpus(db, [str(f) for f in corpus_files[:4]], ChunkConfig(split_size=20_000))
+    store = TokenStore(db)
+    assert len(store.maps) > 2
+    t = read_chunks(db).to_pydict()
+    docs, toks = np.array(t["doc_id"]), np.array(t["tokens"])
+    rng = np.random.default_rng(1)
+    ids = rng.integers(-1, store.n_chunks, size=(50, 9))
+    ids[0, :3] = [-1, store.n_chunks - 1, 0]
+    want = np.where(ids >= 0, docs[np.maximum(ids, 0)], -1)
+    assert np.array_equal(store.doc_ids(ids), want)
+    got = store.tokens(ids)
+    assert np.array_equal(got[ids >= 0], toks[ids[ids >= 0]])
+    assert not got[ids < 0].any()  # id -1: zero tokens

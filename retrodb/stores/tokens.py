@@ -23,6 +23,8 @@ from ..exec.executors import ExecutorSpec
 from ..exec.runner import run_stage
 from ..exec.stage import Task, WorkerEnv
 
+FEW_SHARDS = 16  # look-ups touching at most this many shards group ids by comparison
+
 
 def token_dtype(token_dtype: str, chunk_size: int) -> np.dtype:
     """The structured row of a token shard."""
@@ -127,13 +129,27 @@ class TokenStore:
             out["doc_id"] = -1
         else:
             out[:] = fill
-        valid = flat >= 0
-        shard = np.searchsorted(self.first_ids, flat, side="right") - 1
-        for s in np.unique(shard[valid]):
-            sel = valid & (shard == s)
+        for s, at in self._by_shard(flat):
             src = self.maps[s] if field is None else self.maps[s][field]
-            out[sel] = src[flat[sel] - self.first_ids[s]]
+            out[at] = np.take(src, flat[at] - self.first_ids[s], axis=0)
         return out.reshape(ids.shape)
+
+    def _by_shard(self, flat: np.ndarray):
+        """(shard, positions in `flat` of its ids) for every shard `flat` touches; ids
+        -1 in none. A few shards: one comparison pass each; many: one sort (a pass per
+        shard would cost ids × shards). Boolean-mask gathers were ~4× slower."""
+        shard = np.searchsorted(self.first_ids, flat, side="right") - 1
+        shard[flat < 0] = -1
+        counts = np.bincount(shard + 1, minlength=len(self.maps) + 1)[1:]
+        present = np.flatnonzero(counts)
+        if len(present) <= FEW_SHARDS:
+            for s in present:
+                yield int(s), np.flatnonzero(shard == s)
+            return
+        order = np.argsort(shard, kind="stable")[len(flat) - counts.sum():]  # -1s first
+        ends = np.cumsum(counts)
+        for s in present:
+            yield int(s), order[ends[s] - counts[s]:ends[s]]
 
     def rows(self, ids) -> np.ndarray:
         """Structured rows for `ids` (any shape); id -1 gives an all-zero row."""
