@@ -135,8 +135,16 @@ def test_a_plain_4_bit_merge_of_an_earlier_release_is_refused_then_migrated(
     trained = manifest(db).data["trained"]["sha256"]
     r = build_index(db, IndexConfig(factory="IVF16,PQ32x4", recall_queries=50))
     assert r.merged and manifest(db).data["trained"]["sha256"] == trained
+    assert [n for n in r.notes if "merged again as fast-scan lists" in n]
     assert manifest(db).data["merged"]["format"] == "fast-scan"
     np.testing.assert_array_equal(IndexSearcher(db).search(x, 10, 4, 40)[1], want[1])
+
+    def no_read(path):  # a current fast-scan merge is not re-examined
+        raise AssertionError(f"read {path}")
+
+    monkeypatch.setattr(merge_mod, "read_index", no_read)
+    r = build_index(db, IndexConfig(factory="IVF16,PQ32x4", recall_queries=50))
+    assert not r.merged and not r.notes
 
 
 def test_searcher_maps_the_centroids_from_the_trained_index(indexed_db, tmp_path):

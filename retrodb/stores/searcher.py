@@ -2,8 +2,8 @@
 
 The merged index (quantizer, OPQ, codebooks in `merged.<g>.faiss`; inverted lists in
 `merged.<g>.ivfdata`, 4-bit codes in faiss's fast-scan blocks) is opened memory-mapped
-and read-only: it can exceed RAM, and processes on one machine share the page cache. A longer candidate list from the PQ
-codes is re-scored with the exact float16 keys (faiss's IndexRefine idea, served from
+and read-only: it can exceed RAM, and processes on one machine share the page cache.
+A longer candidate list from the PQ codes is re-scored with the exact float16 keys (faiss's IndexRefine idea, served from
 memory-mapped shards instead of RAM). The operating point (nprobe, candidates) is the
 one measured and chosen when the index was merged, unless given.
 """
@@ -21,6 +21,8 @@ from ..core.util import quiet_c_stdout
 from .vectors import EmbeddingStore
 
 STAGE = "index"  # the index stage's manifest
+FAST_SCAN = "fast-scan"  # the merged record's "format" when its lists are packed
+BLOCK = 32  # vectors per fast-scan block (faiss's bbs)
 
 
 def faiss():
@@ -90,12 +92,21 @@ def mapped_trained(m: Manifest, ivf):
     return t
 
 
+def packable(index) -> bool:
+    """Whether the index's lists can be searched in the fast-scan layout: plain IVF-PQ
+    with 4-bit codes and an even number of sub-quantizers."""
+    f = faiss()
+    sub = f.downcast_index(f.extract_index_ivf(index))
+    return isinstance(sub, f.IndexIVFPQ) and not isinstance(sub, f.IndexIVFPQFastScan) \
+        and sub.pq.nbits == 4 and sub.pq.M % 2 == 0
+
+
 def fast_scan_of(trained):
-    """An empty fast-scan index (32-vector blocks) on the trained index's quantizer,
+    """An empty fast-scan index (BLOCK-vector blocks) on the trained index's quantizer,
     codebooks and transform, which it references: the structure packed lists go in."""
     f = faiss()
     sub = f.downcast_index(f.extract_index_ivf(trained))
-    fs = f.IndexIVFPQFastScan(sub, 32)
+    fs = f.IndexIVFPQFastScan(sub, BLOCK)
     fs.referenced_objects = [trained]
     top = f.downcast_index(trained)
     if not isinstance(top, f.IndexPreTransform):
@@ -132,11 +143,10 @@ def open_merged(db: Database, m: Manifest, merged: dict):
     lists = f.downcast_InvertedLists(ivf.invlists)
     if isinstance(lists, f.OnDiskInvertedLists):
         lists.prefetch_nthread = 0  # mapped: the page cache reads ahead, no threads
-    if merged.get("format") == "fast-scan":
+    if merged.get("format") == FAST_SCAN:
         shared = mapped_trained(m, ivf)
         return index if shared is None else moved_lists(index, shared)
-    sub = f.downcast_index(ivf)
-    if isinstance(sub, f.IndexIVFPQ) and sub.pq.nbits == 4 and sub.pq.M % 2 == 0:
+    if packable(index):
         raise RetrodbError(f"{path}: merged by an earlier retrodb in the plain layout; "
                            f"run `retrodb index --db {db.root}` once to "
                            "merge it again as fast-scan lists (no retraining)")

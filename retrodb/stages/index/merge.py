@@ -20,11 +20,11 @@ from ...core.manifest import Manifest, file_record
 from ...core.progress import Progress, ProgressFn
 from ...core.storage import sha256_file
 from ...core.util import quiet_c_stdout, ranges
-from ...stores.searcher import merged_ok
+from ...stores.searcher import FAST_SCAN, merged_ok, packable
 from ...stores.vectors import EmbeddingStore
 from .config import TRAINED, IndexConfig, IndexResult
 from .factory import faiss, read_index
-from .packed import FORMAT, packable, write_packed
+from .packed import write_packed
 from .recall import measure_recall
 
 
@@ -51,9 +51,14 @@ def merge(db: Database, store: EmbeddingStore, cfg: IndexConfig, result: IndexRe
     want = [{"shard": e["shard"], "sha256": parts[e["shard"]]["sha256"]}
             for e in store.entries]
     merged = m.data.get("merged")
-    layout = FORMAT if packable(read_index((db.index / TRAINED).local())) else None
-    if merged is not None and merged.get("parts") == want and merged_ok(m, merged) \
-            and merged.get("format") == layout:  # else migrated to the current layout
+    current = merged is not None and merged.get("parts") == want and merged_ok(m, merged)
+    if current and merged.get("format") != FAST_SCAN \
+            and packable(read_index((db.index / TRAINED).local())):
+        current = False  # 4-bit lists of an earlier release, plain: packed now
+        result.notes.append(f"{m.path_of(merged['file'])}: merged again as fast-scan "
+                            "lists (it was merged by an earlier retrodb in the plain "
+                            "layout); the parts were kept, nothing was retrained")
+    if current:
         result.ntotal = merged["ntotal"]
     else:
         merged = merge_parts(db, m, [parts[p["shard"]] for p in want], want, on_progress)
@@ -148,7 +153,7 @@ def merge_parts(db: Database, m: Manifest, entries: list[dict], want: list[dict]
               "generation": gen, "ntotal": int(ntotal), "parts": want,
               "seconds": round(time.time() - t0, 3)}
     if packed:
-        merged["format"] = FORMAT
+        merged["format"] = FAST_SCAN
     merged["extra"] = [merged["ivfdata"]]
     m.record(None, merged=merged, recall=None)
     if old is not None:  # readers that opened it keep their mapping until they close

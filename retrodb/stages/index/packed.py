@@ -19,37 +19,27 @@ import numpy as np
 
 from ...core.errors import RetrodbError
 from ...core.progress import Progress, ProgressFn
-from ...stores.searcher import fast_scan_of
+from ...stores.searcher import BLOCK, fast_scan_of
 from .factory import faiss
-
-FORMAT = "fast-scan"  # the merged record's "format" for these lists
-BLOCK = 32  # vectors per fast-scan block (faiss's bbs, as in `fast_scan_of`)
-
-
-def packable(index) -> bool:
-    """Whether the index's lists can be searched in the fast-scan layout: IVF-PQ with
-    4-bit codes and an even number of sub-quantizers."""
-    f = faiss()
-    sub = f.downcast_index(f.extract_index_ivf(index))
-    return isinstance(sub, f.IndexIVFPQ) and not isinstance(sub, f.IndexIVFPQFastScan) \
-        and sub.pq.nbits == 4 and sub.pq.M % 2 == 0
 
 
 def list_arrays(lists, i: int, code_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """List `i` of every part, concatenated: codes (n, code_size) uint8, ids (n,) int64."""
+    """List `i` of every part, concatenated: codes (n, code_size) uint8, ids (n,) int64
+    (each part's list copied once, straight into place)."""
     f = faiss()
-    codes, ids = [], []
-    for il in lists:
-        n = il.list_size(i)
+    sizes = [il.list_size(i) for il in lists]
+    codes = np.empty((sum(sizes), code_size), np.uint8)
+    ids = np.empty(sum(sizes), np.int64)
+    at = 0
+    for il, n in zip(lists, sizes):
         if n:
             c, d = il.get_codes(i), il.get_ids(i)
-            codes.append(f.rev_swig_ptr(c, n * code_size).reshape(n, code_size).copy())
-            ids.append(f.rev_swig_ptr(d, n).copy())
+            codes[at:at + n] = f.rev_swig_ptr(c, n * code_size).reshape(n, code_size)
+            ids[at:at + n] = f.rev_swig_ptr(d, n)
             il.release_codes(i, c)
             il.release_ids(i, d)
-    if not codes:
-        return np.empty((0, code_size), np.uint8), np.empty(0, np.int64)
-    return np.concatenate(codes), np.concatenate(ids)
+            at += n
+    return codes, ids
 
 
 def pack_list(packer, codes: np.ndarray, capacity: int) -> np.ndarray:
