@@ -205,6 +205,34 @@ def test_key_rows_in_any_order_equal_the_stored_rows(fake_db):
     assert store.get(np.array([], dtype=np.int64)).shape == (0, store.dim)
 
 
+def test_key_rows_without_torch_and_torch_threads_kept(fake_db, monkeypatch):
+    """The rows are the same by numpy alone, and a gather leaves torch's thread count
+    (this thread's and another's) as it was: it runs in the calling thread only."""
+    import threading
+
+    import torch
+
+    import retrodb.stores.vectors as vectors
+
+    store = vectors.EmbeddingStore(fake_db)
+    x = all_keys(fake_db)
+    ids = np.random.default_rng(1).integers(0, store.n, 400)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    t = threading.Thread(target=lambda: (torch.set_num_threads(3), store.get(ids),
+                                         seen.append(torch.get_num_threads())))
+    try:
+        np.testing.assert_array_equal(store.get(ids), x[ids])
+        t.start()
+        t.join()
+        assert torch.get_num_threads() == 2 and seen == [3]
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setattr(vectors, "_torch", lambda: None)
+    np.testing.assert_array_equal(vectors.EmbeddingStore(fake_db).get(ids), x[ids])
+
+
 def test_float32_key_shards_are_refused(fake_db):
     from retrodb.stores.vectors import EmbeddingStore
 

@@ -10,7 +10,10 @@ views (the page cache does the rest) and scans go block by block.
 
 from __future__ import annotations
 
+import functools
 import threading
+import warnings
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -21,29 +24,48 @@ from ..core.manifest import Manifest, require_files
 from ..core.util import ranges
 
 
-# torch parallelises a copy from 32,768 elements on; smaller pieces run in the calling
-# thread, which keeps torch's thread pool from contending with faiss's (or with other
-# worker processes) for the cores: a pooled copy on a busy machine was 10-100× slower.
-_PIECE = 32768
+def _torch():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency; numpy is the fallback
+        return None
+    return torch
+
+
+@contextmanager
+def calling_thread_only(torch):
+    """torch's kernels run in the calling thread alone inside this block. torch's
+    OpenMP thread count is per thread, so other threads keep theirs; a pooled copy
+    right after faiss's OpenMP search (two thread pools on the same cores) was slower,
+    and 10-100× slower on a busy machine. Other torch builds: left as they are."""
+    n = torch.get_num_threads()
+    local = _openmp(torch)
+    if local and n != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if local and n != 1:
+            torch.set_num_threads(n)
+
+
+@functools.lru_cache(maxsize=None)
+def _openmp(torch) -> bool:
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 def widen(half: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`half` (float16 rows) converted into `out` (float32, same shape), in this thread:
     by torch's vectorised conversion (F16C, ~10× numpy 1.26's) when torch imports.
     Rows of another dtype are copied by numpy."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency; numpy is the fallback
-        torch = None
+    torch = _torch()
     if torch is None or half.dtype != np.float16:
         np.copyto(out, half)
         return out
     if not half.flags.writeable:  # a read-only map: torch wraps only writable arrays
         half = np.array(half)
-    src, dst = torch.from_numpy(half), torch.from_numpy(out)
-    step = max(1, _PIECE // max(1, half.shape[1]))
-    for lo in range(0, len(half), step):
-        dst[lo:lo + step].copy_(src[lo:lo + step])
+    with calling_thread_only(torch):
+        torch.from_numpy(out).copy_(torch.from_numpy(half))
     return out
 
 
@@ -107,6 +129,7 @@ class EmbeddingStore:
         self.rows = np.array([e["rows"] for e in self.entries], dtype=np.int64)
         self.n = int(self.rows.sum())
         self._maps: dict[int, np.ndarray] = {}
+        self._tensors: dict = {}  # torch views of the float16 maps, for `take`
         dims = {}
         for i, e in enumerate(self.entries):
             a = self.shard(i)
@@ -169,13 +192,27 @@ class EmbeddingStore:
         bounds = np.flatnonzero(np.diff(shard)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(sids)]):
             s = int(shard[lo])
-            np.take(self.shard(s), sids[lo:hi] - self.first_ids[s], axis=0,
-                    out=half[lo:hi])
+            self.take(s, sids[lo:hi] - self.first_ids[s], half[lo:hi])
         if ordered:
             widen(half, out)
         else:
             out[order] = widen(half, np.empty_like(out))
         return out
+
+    def take(self, i: int, rows: np.ndarray, out: np.ndarray) -> None:
+        """Rows `rows` of shard i into `out` (float16), in this thread: by torch's
+        index_select when torch imports (~1.6× numpy's take on random rows)."""
+        torch = _torch()
+        if torch is None:
+            np.take(self.shard(i), rows, axis=0, out=out)
+            return
+        src = self._tensors.get(i)
+        if src is None:
+            with warnings.catch_warnings():  # read-only map: torch only reads it here
+                warnings.simplefilter("ignore", UserWarning)
+                src = self._tensors[i] = torch.from_numpy(self.shard(i))
+        with calling_thread_only(torch):
+            torch.index_select(src, 0, torch.from_numpy(rows), out=torch.from_numpy(out))
 
     def blocks(self, rows: int = 1 << 16) -> Iterator[tuple[int, np.ndarray]]:
         """(first chunk id, float32 block) over every row in id order."""
