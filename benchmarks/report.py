@@ -164,9 +164,10 @@ def rates(results: list[dict]) -> dict:
             ("search", "add_vectors_per_cpu_s", "add_vectors_per_core_s",
              "vectors added per core-second"),
             ("search", "kmeans_core_s_per_unit", "kmeans_core_s_per_unit",
-             "k-means core-seconds per vector × list × dimension"),
+             "flat k-means core-seconds per centroid distance × dimension"),
             ("search", "kmeans2_core_s_per_unit", "kmeans2_core_s_per_unit",
-             "two-level k-means core-seconds per vector × (√nlist + nlist/√nlist) × dim"),
+             "two-level k-means (and its refinement rounds) core-seconds per centroid "
+             "distance × dimension"),
             ("neighbours", "search_queries_per_cpu_s", "queries_per_core_s",
              "filtered neighbour queries per core-second")):
         if bench in by and fact in by[bench]["facts"]:

@@ -23,7 +23,11 @@ def test_lists_are_split_in_proportion_and_sum_to_nlist():
     assert per[0] > per[1] > per[2] > per[3]  # bigger groups get more lists
 
 
-def test_two_level_centroids_are_unit_vectors_near_the_data(embedded_db):
+def test_two_level_centroids_are_unit_vectors_near_the_data(embedded_db, monkeypatch):
+    import retrodb.stages.index.kmeans as km
+
+    monkeypatch.setattr(km, "LISTS_PER_GROUP", 8)  # 8 groups of 8 lists
+    assert km.groups_for(64) == 8
     x = all_keys(embedded_db)
     c = two_level(x, 64, seed=0)
     assert c.shape == (64, x.shape[1])
@@ -65,11 +69,15 @@ def test_refinement_moves_vectors_across_groups_and_only_improves_the_fit(embedd
     np.testing.assert_allclose(np.linalg.norm(cents, axis=1), 1.0, atol=1e-5)
 
 
-def test_two_level_recall_matches_flat_at_the_same_nprobe(embedded_db, tmp_path):
+def test_two_level_recall_matches_flat_at_the_same_nprobe(embedded_db, tmp_path,
+                                                         monkeypatch):
     """Real MiniLM keys of the example corpus: recall@10 at every nprobe within 0.04 of
     flat k-means. At 874 keys in 16 lists one list is 6% of the data, so single lists
     move recall by a few points; the 1M-key benchmark (bench_search.py) holds the two
     to 0.01."""
+    import retrodb.stages.index.kmeans as km
+
+    monkeypatch.setattr(km, "LISTS_PER_GROUP", 4)  # 4 groups of 4 lists
     sweeps = {}
     for method in ("flat", "two-level"):
         db = copy_db(embedded_db, tmp_path / method)
@@ -84,6 +92,20 @@ def test_two_level_recall_matches_flat_at_the_same_nprobe(embedded_db, tmp_path)
     assert len(common) >= 3
     for p in common:
         assert abs(sweeps["flat"][p] - sweeps["two-level"][p]) <= 0.04, (p, sweeps)
+
+
+def test_the_plan_counts_what_each_k_means_computes():
+    """Centroid distances per training vector: flat NITER × nlist; two-level its two
+    levels plus the refinement rounds, far fewer at a million lists."""
+    from retrodb.stages.index.kmeans import (NITER, REFINE_GROUPS, REFINE_ROUNDS,
+                                             distances_per_vector, groups_for)
+
+    assert distances_per_vector(4096, "flat") == NITER * 4096
+    assert groups_for(4096) == 8 and groups_for(100) == 1
+    assert distances_per_vector(4096, "two-level") == \
+        NITER * (8 + 512) + REFINE_ROUNDS * (8 + REFINE_GROUPS * 512)
+    assert distances_per_vector(1 << 20, "two-level") < \
+        distances_per_vector(1 << 20, "flat") / 50
 
 
 def test_the_method_is_chosen_by_list_count_and_devices():

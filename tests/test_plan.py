@@ -53,19 +53,22 @@ def test_factory_parsing_and_errors():
 
 
 def test_index_training_reaches_the_paper_scale_in_a_day():
-    """Two-level k-means (√nlist groups, then each into its share): at 2e12 tokens the
-    default index trains within 24 h on 64 CPUs, and Megatron's 4.2M-list index too;
-    flat k-means of 4.2M lists would not."""
+    """Two-level k-means (nlist/512 groups, then each into its share, then refinement
+    rounds): at 2e12 tokens the default index trains within 24 h on 64 CPUs, and
+    Megatron's 4.2M-list index too; flat k-means of 4.2M lists would not."""
+    from retrodb.stages.index.kmeans import distances_per_vector
+
     rates = load_rates()
     for factory in (None, "IVF4194304_HNSW32,PQ64"):
         p = plan(PlanConfig(tokens=2e12, cpus=64, factory=factory), rates)
         train = {s["stage"]: s for s in p["stages"]}["index train"]
         assert train["hours"] <= 24 and "two-level" in train["how"], train
         nlist, n = p["nlist"], p["index_train_vectors"]
-        units = n * (nlist ** 0.5 + nlist / nlist ** 0.5) * 384
+        units = n * distances_per_vector(nlist, "two-level") * 384
         per = rates["kmeans2_core_s_per_unit"]["value"]
         assert train["device_hours"] == pytest.approx(units * per / 3600)
-    flat_hours = 4.19e8 * 4194304 * 384 * rates["kmeans_core_s_per_unit"]["value"] / 3600
+    flat_hours = 4.19e8 * distances_per_vector(4194304, "flat") * 384 \
+        * rates["kmeans_core_s_per_unit"]["value"] / 3600
     assert flat_hours / 64 > 24
     # on 8 GPUs, within 4 h
     p = plan(PlanConfig(tokens=2e12, gpus=8, factory="IVF4194304_HNSW32,PQ64"), rates)

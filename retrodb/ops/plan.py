@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import RetrodbError
-from ..stages.index.kmeans import REFINE_ROUNDS, TWO_LEVEL_FROM
+from ..stages.index.kmeans import (REFINE_ROUNDS, TWO_LEVEL_FROM, distances_per_vector,
+                                    groups_for)
 
 RATES_FILE = Path(__file__).with_name("rates.json")
 
@@ -30,11 +31,10 @@ DEFAULTS: dict[str, tuple[float, str]] = {
     "embed_chunks_per_cpu_s": (100, "estimate: MiniLM-L6 fp32, one core"),
     "embed_chunks_per_gpu_s": (2e5, "estimate from FLOPs: 30% of an H100's bf16 peak"),
     "add_vectors_per_cpu_s": (2e4, "estimate"),
-    "kmeans_core_s_per_unit": (170 * 2 / (200_000 * 4096 * 384),
+    # k-means: core-seconds per centroid distance × dim (kmeans.distances_per_vector)
+    "kmeans_core_s_per_unit": (170 * 2 / (200_000 * 20 * 4096 * 384),
                                "measured: 4096 lists on 200k × 384-d in 170 s, 2 cores"),
-    # two-level k-means and its refinement rounds (both scale alike): per vector ×
-    # (√nlist + nlist/√nlist) × dim
-    "kmeans2_core_s_per_unit": (1.5 * 170 * 2 / (200_000 * 4096 * 384),
+    "kmeans2_core_s_per_unit": (1.5 * 170 * 2 / (200_000 * 20 * 4096 * 384),
                                 "estimate: flat k-means' rate, 1.5× for the smaller "
                                 "second-level problems"),
     "gpu_core_equivalents": (200, "estimate: faiss GPU k-means vs one core"),
@@ -131,8 +131,9 @@ def plan(cfg: PlanConfig, rates: dict | None = None) -> dict[str, Any]:
     nlist, code = parse_factory(factory)
     train_n = min(n, cfg.train_points_per_list * nlist)
     two_level = nlist >= TWO_LEVEL_FROM  # what `retrodb index --kmeans auto` does
-    top = math.sqrt(nlist)
-    km_units = train_n * ((top + nlist / top) if two_level else nlist) * cfg.dim
+    top = groups_for(nlist)
+    km_units = train_n * distances_per_vector(nlist, "two-level" if two_level else "flat") \
+        * cfg.dim
     bytes_per_token = 4.0  # English text in a BERT WordPiece: ~4 bytes a token
     shards = max(1, math.ceil(cfg.tokens * bytes_per_token / (cfg.split_mb * 2 ** 20)))
     gpu = cfg.gpus > 0
