@@ -4,7 +4,7 @@ one run, on the same 1,000 queries.
 Contenders, each built in its own process (build time, peak RSS) and served by its
 own process (resident bytes: the anonymous memory its index takes; memory-mapped files
 count as disk):
-  - retrodb: `retrodb index` with its defaults (rule factory, k-means flat below 4,096
+  - retrodb: `retrodb index` with its defaults (rule factory, k-means flat below 8,192
     lists and two-level with refinement rounds from there, 4-bit codes merged into
     fast-scan lists on disk and memory-mapped, exact re-ranking from the on-disk float16
     keys), built in a hard-linked copy of the database;

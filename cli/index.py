@@ -26,7 +26,7 @@ FACTORY_HELP = ("A faiss index_factory string with an IVF layer, e.g. "
 CHOOSER_HELP = ("Who picks the factory without --factory: 'rule' (retrodb's: ~4√n lists, "
                 "4-bit codes searched fast-scan) or 'autofaiss' (for the vector count and "
                 "--memory-budget).")
-KMEANS_HELP = ("The coarse quantizer's k-means: auto (two-level from 4096 lists, else "
+KMEANS_HELP = ("The coarse quantizer's k-means: auto (two-level from 8192 lists, else "
                "flat), flat or two-level; on the GPUs when faiss sees any.")
 REBUILD_HELP = "Remove the index and build a new one with these settings."
 BUDGET_HELP = ("Size the index may take (autofaiss's max_index_memory_usage); also caps "

@@ -109,8 +109,8 @@ def test_the_plan_counts_what_each_k_means_computes():
 
 
 def test_the_method_is_chosen_by_list_count_and_devices():
-    assert coarse_method("auto", 1024) == "flat"
-    assert coarse_method("auto", 4096) == "two-level"
+    assert coarse_method("auto", 4096) == "flat"
+    assert coarse_method("auto", 8192) == "two-level"
     assert coarse_method("flat", 1 << 20) == "flat"
     with pytest.raises(RetrodbError, match="--kmeans gpu: use one of auto, flat"):
         coarse_method("gpu", 4096)
