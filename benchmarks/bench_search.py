@@ -323,7 +323,7 @@ def report(res, store, points, chosen, qps, memory, builds, ours, ram_add, alt) 
                      ours_build_s=round(ours["seconds"], 1),
                      add_vectors_per_core_s=n / ours["add_seconds"] / 2)
     runs = {ours["kmeans"]: t} | ({alt["kmeans"]: alt["result"]} if alt else {})
-    from retrodb.stages.index.kmeans import distances_per_vector
+    from retrodb.stages.index.kmeans import TWO_LEVEL_FROM, distances_per_vector
 
     for kind, r in runs.items():  # 2 cores: core-seconds = 2 × wall
         key = "kmeans_core_s_per_unit" if kind == "flat" else "kmeans2_core_s_per_unit"
@@ -338,13 +338,13 @@ def report(res, store, points, chosen, qps, memory, builds, ours, ram_add, alt) 
         res.facts.update(flat_train_s=runs["flat"]["seconds"]["train"],
                          two_level_train_s=runs["two-level"]["seconds"]["train"],
                          two_level_vs_flat_max_recall_diff=round(max(diffs), 4),
-                         compared_nprobes=len(diffs))
+                         compared_nprobes=len(diffs), two_level_from=TWO_LEVEL_FROM)
         res.notes.append("Two-level k-means against flat k-means (same sample, same "
                          "queries, 100 candidates): recall@10 differs by at most "
                          "{two_level_vs_flat_max_recall_diff} over {compared_nprobes} "
                          "nprobe values; training took {two_level_train_s} s against "
                          "{flat_train_s} s. The default here ran {kmeans} k-means "
-                         "(two-level from 4,096 lists on).")
+                         "(two-level from {two_level_from} lists on).")
     reused = [f"{LABELS[k]} (built {b.get('built_at', 'earlier')})" for k, b in
               builds.items() if k != "retrodb" and not b.get("this_run", True)]
     if reused:
