@@ -50,7 +50,8 @@ def main() -> None:
     from retrodb.stores.searcher import IndexSearcher
     from retrodb.stores.vectors import EmbeddingStore
 
-    res = Result("neighbours", ["retrodb/stages/neighbours", "retrodb/stores/searcher.py"],
+    res = Result("neighbours", ["retrodb/stages/neighbours", "retrodb/stores/searcher.py",
+                                "retrodb/stores/vectors.py", "retrodb/stores/tokens.py"],
                  "Neighbours: filtered search against unfiltered, and the index's own")
     with tempfile.TemporaryDirectory(dir=a.db.parent) as tmp:
         db = scratch_copy(a.db, Path(tmp) / "db")

@@ -235,7 +235,8 @@ def main() -> None:
     gt_d, _ = exact_search(store, xq, 10)
     gt10 = gt_d[:, 9]
     keys_dir = str(a.db / "embeddings")
-    res = Result("search", ["retrodb/stores/searcher.py", "retrodb/stages/index"],
+    res = Result("search", ["retrodb/stores/searcher.py", "retrodb/stores/vectors.py",
+                            "retrodb/stages/index"],
                  f"Search at {store.n:,} real keys: retrodb against ScaNN and faiss")
     # every index is built in a hard-linked copy: the database's own index is untouched
     ours_db = hardlinked_copy(a.db, a.work / "ours-db")

@@ -164,7 +164,8 @@ def main() -> None:
 
     texts = query_texts(args.db, args.requests)
     res = Result("serve", ["retrodb/query/service.py", "retrodb/query/retriever.py",
-                           "retrodb/stores/searcher.py", "cli/serve.py"],
+                           "retrodb/stores/searcher.py", "retrodb/stores/vectors.py",
+                           "cli/serve.py"],
                  "serve: HTTP retrieval vs in-process search")
     retriever = retrodb.open(args.db)
     log = Path(tempfile.gettempdir()) / f"bench_serve_{os.getpid()}.log"

@@ -3,9 +3,10 @@
 The merged index (quantizer, OPQ, codebooks in `merged.<g>.faiss`; inverted lists in
 `merged.<g>.ivfdata`, 4-bit codes in faiss's fast-scan blocks) is opened memory-mapped
 and read-only: it can exceed RAM, and processes on one machine share the page cache.
-A longer candidate list from the PQ codes is re-scored with the exact float16 keys (faiss's IndexRefine idea, served from
-memory-mapped shards instead of RAM). The operating point (nprobe, candidates) is the
-one measured and chosen when the index was merged, unless given.
+A longer candidate list from the PQ codes is re-scored with the exact float16 keys
+(faiss's IndexRefine idea, served from memory-mapped shards instead of RAM). The
+operating point (nprobe, candidates) is the one measured and chosen when the index was
+merged, unless given.
 """
 
 from __future__ import annotations

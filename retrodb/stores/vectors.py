@@ -54,6 +54,16 @@ def _openmp(torch) -> bool:
     return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
+def as_tensor(torch, a: np.ndarray):
+    """A torch view of `a`, also of a read-only map (torch warns that it could write
+    to it; retrodb only reads through these views)."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
 def widen(half: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`half` (float16 rows) converted into `out` (float32, same shape), in this thread:
     by torch's vectorised conversion (F16C, ~10× numpy 1.26's) when torch imports.
@@ -62,10 +72,8 @@ def widen(half: np.ndarray, out: np.ndarray) -> np.ndarray:
     if torch is None or half.dtype != np.float16:
         np.copyto(out, half)
         return out
-    if not half.flags.writeable:  # a read-only map: torch wraps only writable arrays
-        half = np.array(half)
     with calling_thread_only(torch):
-        torch.from_numpy(out).copy_(torch.from_numpy(half))
+        torch.from_numpy(out).copy_(as_tensor(torch, half))
     return out
 
 
@@ -208,9 +216,7 @@ class EmbeddingStore:
             return
         src = self._tensors.get(i)
         if src is None:
-            with warnings.catch_warnings():  # read-only map: torch only reads it here
-                warnings.simplefilter("ignore", UserWarning)
-                src = self._tensors[i] = torch.from_numpy(self.shard(i))
+            src = self._tensors[i] = as_tensor(torch, self.shard(i))
         with calling_thread_only(torch):
             torch.index_select(src, 0, torch.from_numpy(rows), out=torch.from_numpy(out))
 

@@ -11,9 +11,10 @@ the groups around it (`refine`), at n × (nlist/512 + 4 × 512) × d a round.
 Measured on 1.2M real keys, 4096 lists, recall ceilings of 10,000 queries: with √nlist
 groups (64 lists each) and 8 rounds the loss against flat k-means was 0.026 at nprobe
 1; with 512 lists per group and 12 rounds it is ≤ 0.008 at every nprobe (flat seeds
-differ by ≤ 0.001), and 16 rounds gave ≤ 0.007 for 20% more time. Weighting the groups' shares by their spread instead of their size changed
-nothing. benchmarks/bench_search.py measures recall at the same nprobe for both. When
-faiss sees a GPU (faiss-gpu), every k-means runs there.
+differ by ≤ 0.001), and 16 rounds gave ≤ 0.007 for 20% more time. Weighting the
+groups' shares by their spread instead of their size changed nothing.
+benchmarks/bench_search.py measures recall at the same nprobe for both. When faiss
+sees a GPU (faiss-gpu), every k-means runs there.
 
 `auto` picks two-level from `TWO_LEVEL_FROM` lists, flat below. Centroids stay on the
 unit sphere (spherical k-means): the keys are unit vectors and inner product against
@@ -21,7 +22,6 @@ them is cosine.
 """
 
 from __future__ import annotations
-
 
 import numpy as np
 
